@@ -1,0 +1,5 @@
+import sys
+
+from gconv.cli import main
+
+sys.exit(main())

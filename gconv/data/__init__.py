@@ -1,0 +1,1 @@
+"""gconv.data — see the issue tracker; filled in by its issue."""

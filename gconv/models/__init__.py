@@ -1,0 +1,1 @@
+"""gconv.models — see the issue tracker; filled in by its issue."""

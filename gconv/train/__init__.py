@@ -1,0 +1,1 @@
+"""gconv.train — see the issue tracker; filled in by its issue."""
