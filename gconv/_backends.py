@@ -33,6 +33,7 @@ _forced = threading.local()
 # ---------------------------------------------------------------- native modules
 @functools.lru_cache(maxsize=None)
 def _load(modname: str):
+    import torch  # noqa: F401  (loads libc10 / libtorch that the extension links against)
     try:
         return importlib.import_module(modname), "built"
     except ImportError as exc:
@@ -68,7 +69,17 @@ def _cuda_device_present() -> bool:
 
 
 # ---------------------------------------------------------------- generic checks per implementation
+def _has_native_op(namespace: str, symbol: str) -> bool:
+    import torch
+    try:
+        getattr(getattr(torch.ops, namespace), symbol)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def check_cuda(device_type: str, symbol: str | None = None) -> tuple[bool, str]:
+    """``symbol``: the op's name under ``torch.ops.gconv_cuda``."""
     if device_type != "cuda":
         return False, "CUDA kernels serve CUDA tensors only"
     import torch
@@ -77,8 +88,8 @@ def check_cuda(device_type: str, symbol: str | None = None) -> tuple[bool, str]:
     mod = native_cuda()
     if mod is None:
         return False, _load("gconv._C_cuda")[1]
-    if symbol is not None and not hasattr(mod, symbol):
-        return False, f"gconv._C_cuda has no {symbol} (stale build?)"
+    if symbol is not None and not _has_native_op("gconv_cuda", symbol):
+        return False, f"torch.ops.gconv_cuda has no {symbol} (stale build?)"
     if not _cuda_device_present():
         return False, "no CUDA device is visible"
     return True, "gconv._C_cuda"
@@ -98,13 +109,14 @@ def check_triton(device_type: str) -> tuple[bool, str]:
 
 
 def check_cpp(device_type: str, symbol: str | None = None) -> tuple[bool, str]:
+    """``symbol``: the op's name under ``torch.ops.gconv_cpu``."""
     if device_type != "cpu":
         return False, "C++ kernels serve CPU tensors only"
     mod = native_cpu()
     if mod is None:
         return False, _load("gconv._C")[1]
-    if symbol is not None and not hasattr(mod, symbol):
-        return False, f"gconv._C has no {symbol} (stale build?)"
+    if symbol is not None and not _has_native_op("gconv_cpu", symbol):
+        return False, f"torch.ops.gconv_cpu has no {symbol} (stale build?)"
     return True, "gconv._C"
 
 
