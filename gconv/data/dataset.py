@@ -7,7 +7,6 @@ training loop with ``d.loader(batch_size, shuffle=True)``.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -159,7 +158,3 @@ def format_targets(labels: torch.Tensor, num_classes: int, targets: str, what: s
     if targets == "float":
         return labels.float().unsqueeze(1)
     raise ValueError(f"{what}: targets must be 'index', 'onehot' or 'float', got {targets!r}")
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
