@@ -8,6 +8,7 @@ checkpoints, and the :meth:`PhasedTrainer.fit` helper.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -318,9 +319,10 @@ class PhasedTrainer:
         return None
 
     def fit(self, data, loss_fn: Callable, *, steps: int | None = None, epochs: int | None = None,
-            batch_size: int | None = None, shuffle: bool = True, metrics: dict | None = None,
-            eval_every: int | None = None, cache_features: bool | str = "auto", checkpoint: str | None = None,
-            checkpoint_every: int | None = None, resume: bool = False, show_progress: bool = True,
+            batch_size: int | None = None, shuffle: bool = True, transform: Callable | None = None,
+            metrics: dict | bool | None = None, eval_every: int | str | None = "auto",
+            cache_features: bool | str = "auto", checkpoint: str | None = None, checkpoint_every: int | None = None,
+            resume: bool = False, show_progress: bool = True,
             callback: Callable[["PhasedTrainer", dict], Any] | None = None) -> FitResult:
         """Train on ``data`` (anything :func:`gconv.data.as_data_source` accepts, with targets).
 
@@ -328,15 +330,21 @@ class PhasedTrainer:
         from ``self.t``); default ``total_steps``. ``batch_size=None`` is full-batch (gradient descent);
         minibatch order comes from a permutation seeded by (``seed``, epoch), so a resumed run sees
         the same batches. Every step goes through a closure, so L-BFGS works in either phase.
+        ``transform(x)`` is applied to each training batch (data augmentation; it turns the feature
+        cache off). ``fit`` does not change the model's train / eval mode.
 
-        ``metrics``: ``{name: fn(output, Y) -> float}`` on the whole training set every
-        ``eval_every`` steps (default: about 50 times per run), at the switch and at the end;
-        ``"error"`` (:func:`training_error`) is added for classification targets.
+        ``metrics``: ``{name: fn(output, Y) -> float}`` evaluated on the whole training set, in eval
+        mode (so evaluation never touches batch-norm statistics), at the start, the switch, the end
+        and every ``eval_every`` steps (``"auto"``: about 50 times per run when n ≤ 10,000, else
+        only at those three points; None: only there). ``"error"`` (:func:`training_error`) is
+        added for classification targets; ``metrics=False`` turns evaluation off. The loss values
+        in the history are the mini-batch losses of the steps (before each update).
 
         ``cache_features``: in the second phase the input of the trained layer is fixed, so it is
-        computed once for all samples and only the last layer(s) run per step. ``"auto"`` caches when
-        the model output is provably the trained module's output (checked on the data) and no dropout
-        is active; ``False`` always runs the whole model.
+        computed once for all samples and only the trained layer runs per step. ``"auto"`` caches
+        when the model output is checked to be that layer's output on the data, no dropout is
+        active, batch norms are frozen (or absent) and there is no ``transform``; ``False`` always
+        runs the whole model; ``True`` also warns when the check fails.
 
         ``checkpoint``: a path written every ``checkpoint_every`` steps and at the end; with
         ``resume`` an existing file there is loaded first.
@@ -345,6 +353,8 @@ class PhasedTrainer:
         who = f"{type(self).__name__}.fit"
         if not callable(loss_fn):
             raise TypeError(f"{who}: loss_fn must be callable (output, target) -> loss")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"{who}: transform must be callable x -> x")
         src = as_data_source(data)
         if not src.has_targets:
             raise ValueError(f"{who}: the data have no targets")
@@ -376,38 +386,50 @@ class PhasedTrainer:
             if self.tau > total and (self.total_steps is None or self.total_steps < self.tau):
                 raise ValueError(f"{who}: tau = {self.tau} steps is beyond the run ({total} steps); for a partial "
                                  "run, give total_steps (the whole run) at construction")
-        metrics = dict(metrics or {})
-        if "error" not in metrics and _is_classification(Y):
-            metrics["error"] = training_error
-        eval_every = eval_every or max(1, total // 50)
+        if metrics is False:
+            metrics = {}
+        else:
+            metrics = dict(metrics or {})
+            if "error" not in metrics and _is_classification(Y):
+                metrics["error"] = training_error
+        if eval_every == "auto":
+            eval_every = max(1, total // 50) if n <= 10_000 else None
+        elif eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int)
+                                         or eval_every < 1):
+            raise ValueError(f"{who}: eval_every must be a positive int, 'auto' or None, got {eval_every!r}")
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         result = FitResult()
-        cache = {"z": None, "module": None, "tried": False}
+        cache = {"z": None, "module": None}
         t_start = time.perf_counter()
 
-        def forward(idx):
-            xb = X[idx].to(device)
+        def forward(idx, train=False):
             if cache["z"] is not None:
                 return cache["module"](cache["z"][idx])
+            xb = X[idx].to(device)
+            if train and transform is not None:
+                xb = transform(xb)
             return self.model(xb)
 
-        def evaluate() -> dict:
-            if not metrics:
+        def evaluate(with_loss=False) -> dict:
+            if not metrics and not with_loss:
                 return {}
-            with torch.no_grad():
+            with torch.no_grad(), _eval_mode(self.model):
                 out = torch.cat([forward(torch.arange(s, min(n, s + bs))) for s in range(0, n, bs)])
-            yy = Y.to(out.device)
-            return {k: float(fn(out, yy)) for k, fn in metrics.items()}
+                yy = Y.to(out.device)
+                rec = {k: float(fn(out, yy)) for k, fn in metrics.items()}
+                if with_loss:
+                    rec = {"loss": float(loss_fn(out, yy)), **rec}
+            return rec
 
         def maybe_cache():
-            cache["tried"] = True
-            if cache_features is False or not self.switched:
+            if cache_features is False or not self.switched or transform is not None:
                 return
             mod = self._cache_module()
             if mod is None:
                 return
-            if cache_features == "auto" and any(m.training for m in self.model.modules()
-                                                 if isinstance(m, nn.modules.dropout._DropoutNd)):
+            if any(m.training for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)):
+                return
+            if not self._norm_hooks and any(isinstance(m, _NORM_TYPES) and m.training for m in self.model.modules()):
                 return
             z = _capture_inputs(self.model, mod, X, bs, device, warn=cache_features is True)
             if z is not None:
@@ -418,8 +440,7 @@ class PhasedTrainer:
         try:
             if self.switched:
                 maybe_cache()
-            rec = {"step": self.t, "phase": self.phase, **evaluate()}
-            result.history.append(rec)
+            result.history.append({"step": self.t, "phase": self.phase, **evaluate()})
             while self.t < total:
                 ep, k = divmod(self.t, per_epoch)
                 if shuffle and bs < n:
@@ -432,7 +453,7 @@ class PhasedTrainer:
 
                 def closure():
                     opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(forward(idx), yb)
+                    loss = loss_fn(forward(idx, train=True), yb)
                     loss.backward()
                     return loss
                 loss = float(opt.step(closure).detach())
@@ -443,11 +464,11 @@ class PhasedTrainer:
                 rec = {"step": self.t, "phase": phase_before, "loss": loss}
                 if switched:
                     result.switched_at = self.t
-                    maybe_cache()
-                if switched or self.t % eval_every == 0 or self.t >= total:
                     rec.update(evaluate())
-                    if switched:
-                        rec["after_switch"] = {"phase": self.phase, **evaluate()}
+                    maybe_cache()
+                    rec["after_switch"] = {"phase": self.phase, **evaluate()}
+                elif self.t >= total or (eval_every and self.t % eval_every == 0):
+                    rec.update(evaluate())
                 result.history.append(rec)
                 bar.update(1)
                 bar.set_postfix_str(f"{self.phase} loss {loss:.3g}")
@@ -459,15 +480,22 @@ class PhasedTrainer:
             bar.close()
         if checkpoint is not None:
             self.save(checkpoint)
-        with torch.no_grad():
-            xs = torch.arange(n)
-            final_loss = float(sum(loss_fn(forward(xs[s:s + bs]), Y[s:s + bs].to(device)) * min(bs, n - s)
-                                   for s in range(0, n, bs)) / n)
-        result.final = {"step": self.t, "phase": self.phase, "loss": final_loss, **evaluate()}
+        result.final = {"step": self.t, "phase": self.phase, **evaluate(with_loss=True)}
         result.seconds = time.perf_counter() - t_start
         if result.switched_at is None and self.switched:
             result.switched_at = self.switch_info.get("step")
         return result
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes.items():
+            m.training = t
 
 
 def _is_classification(Y: torch.Tensor) -> bool:

@@ -243,3 +243,41 @@ def test_bad_optimizers_models_and_runs(moons, sgd):
         w.fit(moons, CE, steps=10, show_progress=False)
     with pytest.raises(ValueError, match="no targets"):
         w.fit(moons.X, CE, steps=30, show_progress=False)
+
+
+def test_batchnorm_model_resumes_bit_identically_and_evaluation_leaves_statistics(small_cnn, images, sgd, tmp_path):
+    import copy
+    state0 = copy.deepcopy(small_cnn.state_dict())
+
+    def make():
+        m = copy.deepcopy(small_cnn)
+        m.load_state_dict(state0)
+        return EEWrapper(m, sgd, tau=4, total_steps=8, n=images.n, seed=1)
+    ref = make()
+    ref.fit(images, CE, batch_size=6, eval_every=1, show_progress=False)
+    a = make()
+    a.fit(images, CE, steps=3, batch_size=6, eval_every=2, show_progress=False)
+    a.save(tmp_path / "bn.pt")
+    b = make()
+    b.load(tmp_path / "bn.pt")
+    b.fit(images, CE, batch_size=6, eval_every=3, show_progress=False)
+    for (n1, t1), (n2, t2) in zip(ref.model.state_dict().items(), b.model.state_dict().items()):
+        assert n1 == n2 and torch.equal(t1, t2), n1
+    assert b.model.training and not b.model.bn.training   # fit keeps the mode; exploitation froze the BN
+
+
+def test_transform_metrics_off_and_history(moons, sgd):
+    calls = []
+
+    def jitter(x):
+        calls.append(x.shape[0])
+        return x + 0.01
+    w = _fresh(sgd)
+    res = w.fit(moons, CE, steps=10, batch_size=12, transform=jitter, metrics=False, show_progress=False)
+    assert calls == [12] * 10 and not res.feature_cache
+    assert all(set(h) <= {"step", "phase", "loss", "after_switch"} for h in res.history)
+    assert set(res.final) == {"step", "phase", "loss"}
+    steps, losses = res.series("loss")
+    assert steps == list(range(1, 11)) and len(losses) == 10
+    with pytest.raises(ValueError, match="eval_every"):
+        _fresh(sgd).fit(moons, CE, steps=2, eval_every=0, show_progress=False)
