@@ -20,6 +20,7 @@ Classification sets accept ``targets="index"`` (int64 labels, the default except
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -52,7 +53,14 @@ def load_builtin(name: str, n: int | None = None, seed: int = 0, **options) -> D
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"builtin:{key}: seed must be an integer, got {seed!r}")
     check_n(n, None, f"builtin:{key}")
-    data = _REGISTRY[key][0](n=n, seed=int(seed), **options)
+    fn = _REGISTRY[key][0]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        bad = sorted(set(options) - set(params))
+        if bad:
+            raise ValueError(f"builtin:{key} has no option {', '.join(map(repr, bad))}; options: "
+                             + ", ".join(k for k in params if k not in ("n", "seed")))
+    data = fn(n=n, seed=int(seed), **options)
     data.meta.setdefault("seed", int(seed))
     return data
 

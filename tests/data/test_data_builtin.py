@@ -1,7 +1,5 @@
 """Built-in sets: shapes, labels, determinism under the seed, and the spec parser."""
-import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,6 +12,8 @@ def test_listing_and_registry():
     assert all(isinstance(v, str) and v for v in names.values())
     with pytest.raises(ValueError, match="unknown built-in data set 'nope'; available: .*sine"):
         D.load_builtin("nope")
+    with pytest.raises(ValueError, match="builtin:sine has no option 'width'; options: frequency"):
+        D.load_builtin("sine", width=3)
 
 
 @pytest.mark.parametrize("name", ["sine", "two_moons", "gaussian", "gaussian_regression", "digits28"])

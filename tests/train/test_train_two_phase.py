@@ -1,10 +1,8 @@
 """TwoPhase (seed 003, Algorithm 1): perturbation of all but the last layer, the two second-phase
 modes, rank checks and violation reporting, checkpoints, bad configurations."""
-import functools
 import importlib
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
