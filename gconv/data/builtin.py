@@ -253,7 +253,7 @@ def digits28(n: int | None = None, seed: int = 0, *, split: str = "all", targets
         out[s:e] = (img * 255).round_().to(torch.uint8)
     labels = torch.from_numpy(lab)[order]
     X = out if uint8 else out.to(dt).div_(255)
-    return Data(X, _labels("digits28", labels, 10, targets, dt), name="digits28",
+    return Data(X, _labels("digits28", labels, 10, targets, dt), name="digits28", validate=False,
                 meta={"source": "builtin:digits28", "task": "classification", "num_classes": 10, "split": split,
                       "num_source_digits": P, "origin": "sklearn 8x8 digits, upsampled and randomly deformed"})
 

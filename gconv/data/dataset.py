@@ -34,7 +34,7 @@ class Data(DataSource):
     and, for classification, ``num_classes``; loaders add their own keys (seed, path, ...).
     """
 
-    def __init__(self, X, Y=None, *, name: str = "data", meta: dict | None = None):
+    def __init__(self, X, Y=None, *, name: str = "data", meta: dict | None = None, validate: bool = True):
         X = _to_tensor(X, f"{name}: inputs")
         if X.dim() == 0:
             raise ValueError(f"{name}: inputs need a leading sample dimension, got a scalar")
@@ -45,9 +45,10 @@ class Data(DataSource):
                                  f"X {tuple(X.shape)} and Y {tuple(Y.shape)}")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty (n = 0)")
-        check_finite(X, f"{name}: inputs")
-        if Y is not None:
-            check_finite(Y, f"{name}: targets")
+        if validate:   # generators that construct finite values themselves skip this pass
+            check_finite(X, f"{name}: inputs")
+            if Y is not None:
+                check_finite(Y, f"{name}: targets")
         self.X, self.Y = X, Y
         super().__init__(X.shape[0], self._fetch, has_targets=Y is not None, name=name)
         m = dict(meta or {})
