@@ -80,6 +80,14 @@ def resolve_tau(tau, tau0, total_steps, unit: str, who: str) -> tuple[int, int |
     return tau, total_steps
 
 
+def derived_seed(seed: int, *stream: int) -> int:
+    """A well-mixed seed for an independent random stream (head init, minibatch order) derived from
+    the user's ``seed``, so these streams are not correlated with the perturbation drawn from
+    ``torch.Generator().manual_seed(seed)``."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(seed) % 2**63, *stream]).generate_state(1, np.uint64)[0] % 2**63)
+
+
 def check_positive(value, name: str, who: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{who}: {name} must be a positive finite number, got {value!r}")
@@ -444,7 +452,7 @@ class PhasedTrainer:
             while self.t < total:
                 ep, k = divmod(self.t, per_epoch)
                 if shuffle and bs < n:
-                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + ep))
+                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(self.seed, 2, ep)))
                 else:
                     perm = torch.arange(n)
                 idx = perm[k * bs:(k + 1) * bs]

@@ -16,7 +16,7 @@ from torch import nn
 
 from gconv.models._base import seeded
 from gconv.nn import EEHead, Softplus
-from gconv.train._phased import PhasedTrainer, check_positive
+from gconv.train._phased import PhasedTrainer, check_positive, derived_seed
 
 _ACTIVATION_TYPES = (Softplus,)
 
@@ -167,8 +167,9 @@ class EEWrapper(PhasedTrainer):
         or ``tau0 · total_steps`` (the paper's τ = τ₀T̂). τ beyond the run is an error.
     epsilon : ε > 0 of line 9 (the paper: 1e-3 or 1e-5 for images, 0.01 for the sine wave).
     n, width, output_layer, merge, gate_zeta : see :func:`add_ee_head` (``gate_zeta`` = ζ′ of σ̄).
-    seed : seeds the new head's initialisation and the perturbation δ (a private generator: the
-        global RNG is neither used nor disturbed).
+    seed : the perturbation δ is drawn from ``torch.Generator().manual_seed(seed)``; the new head's
+        initialisation and ``fit``'s minibatch order use independent streams derived from it
+        (:func:`derived_seed`). The global RNG is neither used nor disturbed.
     freeze_norm : in exploitation, batch-norm layers run in eval mode (frozen running statistics), so
         z(x) is a fixed function of x and exploitation is the convex problem of the theory.
 
@@ -191,7 +192,7 @@ class EEWrapper(PhasedTrainer):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"EEWrapper: n must be a positive int, got {n!r}")
         self.modification = add_ee_head(model, n=n, width=width, output_layer=output_layer, merge=merge,
-                                        gate_zeta=gate_zeta, seed=seed)
+                                        gate_zeta=gate_zeta, seed=derived_seed(seed, 1))
         self.head_name = self.modification["name"]
         self.head: EEHead = model.get_submodule(self.head_name)
         if not self.head.weight.requires_grad:
