@@ -20,8 +20,13 @@ DENSE_MAX_ENTRIES = 50_000_000     # n·m_y·d: 400 MB of float64
 
 def ntk_rank(model: nn.Module, data, params=None) -> int:
     """rank K(w) with gconv.jacobian.ntk_gram + gconv.linalg.matrix_rank(hermitian=True)."""
-    from gconv.jacobian import ntk_gram
-    from gconv.linalg import matrix_rank
+    try:
+        from gconv.jacobian import ntk_gram
+        from gconv.linalg import matrix_rank
+    except ImportError as exc:
+        raise ImportError("the default rank check needs gconv.jacobian.ntk_gram and gconv.linalg.matrix_rank "
+                          f"({exc}); pass rank_check=gconv.train.dense_ntk_rank for small problems, or "
+                          "rank_check=False") from exc
     K = ntk_gram(model, data, params=params, method="auto")
     if not (torch.is_tensor(K) or isinstance(K, np.ndarray)):
         K = next((getattr(K, a) for a in ("gram", "K", "matrix") if hasattr(K, a)), K)

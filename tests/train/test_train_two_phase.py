@@ -186,6 +186,8 @@ def test_default_rank_check_uses_gconv_jacobian_and_linalg(moons):
     jac = importlib.import_module("gconv.jacobian")
     lin = importlib.import_module("gconv.linalg")
     if not hasattr(jac, "ntk_gram") or not hasattr(lin, "matrix_rank"):
+        with pytest.raises(ImportError, match="rank_check=gconv.train.dense_ntk_rank"):
+            ntk_rank(_mlp(), moons.head(4))
         pytest.skip("needs gconv.jacobian.ntk_gram and gconv.linalg.matrix_rank (pending merge)")
     m = _mlp()
     data = moons.head(8)
