@@ -11,6 +11,8 @@ included) and evaluate the model as it is (TwoPhase puts it in eval mode for the
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -18,8 +20,13 @@ from torch import nn
 DENSE_MAX_ENTRIES = 50_000_000     # n·m_y·d: 400 MB of float64
 
 
-def ntk_rank(model: nn.Module, data, params=None) -> int:
-    """rank K(w) with gconv.jacobian.ntk_gram + gconv.linalg.matrix_rank(hermitian=True)."""
+def ntk_rank(model: nn.Module, data, params=None, *, dtype: torch.dtype | None = torch.float64) -> int:
+    """rank K(w) with gconv.jacobian.ntk_gram + gconv.linalg.matrix_rank(hermitian=True).
+
+    The Gram is formed in ``dtype`` (default float64, on a copy of the model and data): a float32
+    Gram squares the condition number of J in single precision and under-counts the rank of
+    perfectly healthy networks (seen on an 8-sample MLP: float32 rank 15, float64 rank 16 = n·m_y).
+    """
     try:
         from gconv.jacobian import ntk_gram
         from gconv.linalg import matrix_rank
@@ -27,7 +34,13 @@ def ntk_rank(model: nn.Module, data, params=None) -> int:
         raise ImportError("the default rank check needs gconv.jacobian.ntk_gram and gconv.linalg.matrix_rank "
                           f"({exc}); pass rank_check=gconv.train.dense_ntk_rank for small problems, or "
                           "rank_check=False") from exc
-    K = ntk_gram(model, data, params=params, method="auto")
+    from gconv.data.source import as_data_source
+    X, _ = as_data_source(data).tensors()
+    if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model = copy.deepcopy(model).to(dtype)
+    if dtype is not None and X.is_floating_point():
+        X = X.to(dtype)
+    K = ntk_gram(model, X, params=params, method="auto")
     if not (torch.is_tensor(K) or isinstance(K, np.ndarray)):
         K = next((getattr(K, a) for a in ("gram", "K", "matrix") if hasattr(K, a)), K)
     r = matrix_rank(K, hermitian=True)

@@ -1,5 +1,6 @@
 """TwoPhase (seed 003, Algorithm 1): perturbation of all but the last layer, the two second-phase
 modes, rank checks and violation reporting, checkpoints, bad configurations."""
+import functools
 import importlib
 import warnings
 
@@ -191,7 +192,11 @@ def test_default_rank_check_uses_gconv_jacobian_and_linalg(moons):
         pytest.skip("needs gconv.jacobian.ntk_gram and gconv.linalg.matrix_rank (pending merge)")
     m = _mlp()
     data = moons.head(8)
-    assert ntk_rank(m, data, [n for n, _ in m.named_parameters()]) == dense_ntk_rank(m, data)
+    assert ntk_rank(m, data, [n for n, _ in m.named_parameters()]) == dense_ntk_rank(m, data) == 16
+    w = TwoPhase(_mlp(), functools.partial(torch.optim.SGD, lr=0.05), tau=2, total_steps=6, data=data,
+                 check_every=2)                          # the default rank check
+    w.fit(moons, CE, show_progress=False)
+    assert w.reference_rank == 16 and [h["rank"] for h in w.rank_history] == [16, 16, 16] and not w.violations
 
 
 @pytest.mark.parametrize("kw, err, msg", [
