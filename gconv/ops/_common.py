@@ -5,6 +5,7 @@ only what is identical for every op lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -107,8 +108,37 @@ def launch(kernel, grid, *args, **kwargs):
         k = _INTERPRETED.get(kernel)
         if k is None:
             k = _INTERPRETED[kernel] = InterpretedFunction(kernel.fn)
-        kernel = k
+        with _interpreted_stdlib():
+            return k[grid](*args, **kwargs)
     return kernel[grid](*args, **kwargs)
+
+
+_STDLIB_SWAP: dict = {}
+
+
+@contextlib.contextmanager
+def _interpreted_stdlib():
+    """Swap triton.language's own @jit helpers (tl.zeros, tl.sum, ...) for interpreted versions.
+
+    When Triton was imported without TRITON_INTERPRET=1 those helpers are compiled-mode
+    JITFunctions, which the interpreter cannot call; this reproduces, for the duration of one
+    launch, the state an import under TRITON_INTERPRET=1 would have produced.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    mods = [tl, tl.core, tl.standard, tl.math]
+    if not _STDLIB_SWAP:
+        for mod in mods:
+            for name, val in list(vars(mod).items()):
+                if isinstance(val, JITFunction):
+                    _STDLIB_SWAP[(mod, name)] = (val, InterpretedFunction(val.fn))
+    for (mod, name), (_orig, interp) in _STDLIB_SWAP.items():
+        setattr(mod, name, interp)
+    try:
+        yield
+    finally:
+        for (mod, name), (orig, _interp) in _STDLIB_SWAP.items():
+            setattr(mod, name, orig)
 
 
 def split_f64(x: float) -> tuple[float, float, float]:

@@ -106,8 +106,8 @@ def _bwd_torch(g, z, w, v, r, a, s, zeta, needs):
     elif s.numel() == 0:
         rz, rb = _flat(r)
         s = torch.sigmoid(zeta * torch.addmm(rb, z, rz.t()))
-    gv = (g[:, :, None] * v[None]).reshape(bsz, -1)
-    dz = dw = dv = _empty0(z)
+    gv = (g[:, :, None] * v[None]).reshape(bsz, m_y * m_h)
+    dz, dw, dv = _empty0(z), _empty0(z), _empty0(z)
     if needs & NEED_V:
         dv = (g[:, :, None] * (s * a).view(bsz, m_y, m_h)).sum(0)
     if needs & (NEED_Z | NEED_W):
@@ -141,7 +141,7 @@ if HAS_TRITON:
     def _ee_fwd_kernel(z_ptr, w_ptr, v_ptr, r_ptr, part_ptr, a_ptr, s_ptr,
                        Bsz, M, MH, MY, stride_zb, stride_zm, zeta_hi, zeta_mid, zeta_lo,
                        FROZEN: tl.constexpr, SAVE_A: tl.constexpr, SAVE_S: tl.constexpr,
-                       F64: tl.constexpr, DOT_PREC: tl.constexpr,
+                       F64: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                        BB: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr):
         # one program: batch rows [pid_b·BB, +BB) × output j × hidden units k in [pid_k·BK, +BK)
         pid_b = tl.program_id(0)
@@ -168,10 +168,15 @@ if HAS_TRITON:
                          mask=mask_b[:, None] & mask_m[None, :], other=0.0)
             wt = tl.load(w_ptr + n[None, :] * ldw + offs_m[:, None],
                          mask=mask_k[None, :] & mask_m[:, None], other=0.0)
+            if UPCAST:   # the interpreter's bf16 dot is broken; tests upcast (GPU: native bf16 MMA)
+                zt = zt.to(tl.float32)
+                wt = wt.to(tl.float32)
             acc = tl.dot(zt, wt, acc, input_precision=DOT_PREC, out_dtype=acc_t)
             if FROZEN:   # dual GEMM: the gate's z̃Rᵀ on the same z tile
                 rt = tl.load(r_ptr + n[None, :] * ldw + offs_m[:, None],
                              mask=mask_k[None, :] & mask_m[:, None], other=0.0)
+                if UPCAST:
+                    rt = rt.to(tl.float32)
                 acc_r = tl.dot(zt, rt, acc_r, input_precision=DOT_PREC, out_dtype=acc_t)
         a = acc + tl.load(w_ptr + n * ldw + M, mask=mask_k, other=0.0).to(acc_t)[None, :]
         if FROZEN:
@@ -195,7 +200,7 @@ if HAS_TRITON:
                        FROZEN: tl.constexpr, HAVE_A: tl.constexpr, HAVE_S: tl.constexpr,
                        NEED_A: tl.constexpr, NEED_DP: tl.constexpr, NEED_DR: tl.constexpr,
                        NEED_DV: tl.constexpr, F64: tl.constexpr, DOT_PREC: tl.constexpr,
-                       BB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+                       UPCAST: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
         # one program: batch rows [pid_b·BB, +BB) × flattened columns n in [pid_n·BN, +BN)
         pid_b = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -223,13 +228,19 @@ if HAS_TRITON:
                 mask_m = offs_m < M
                 zt = tl.load(z_ptr + offs_b[:, None] * stride_zb + offs_m[None, :] * stride_zm,
                              mask=mask_b[:, None] & mask_m[None, :], other=0.0)
+                if UPCAST:
+                    zt = zt.to(tl.float32)
                 if RECOMP_A:
                     wt = tl.load(w_ptr + offs_n[None, :] * ldw + offs_m[:, None],
                                  mask=mask_n[None, :] & mask_m[:, None], other=0.0)
+                    if UPCAST:
+                        wt = wt.to(tl.float32)
                     acc = tl.dot(zt, wt, acc, input_precision=DOT_PREC, out_dtype=acc_t)
                 if RECOMP_R:
                     rt = tl.load(r_ptr + offs_n[None, :] * ldw + offs_m[:, None],
                                  mask=mask_n[None, :] & mask_m[:, None], other=0.0)
+                    if UPCAST:
+                        rt = rt.to(tl.float32)
                     acc_r = tl.dot(zt, rt, acc_r, input_precision=DOT_PREC, out_dtype=acc_t)
         if RECOMP_A:
             a = acc + tl.load(w_ptr + offs_n * ldw + M, mask=mask_n, other=0.0).to(acc_t)[None, :]
@@ -309,7 +320,8 @@ def _fwd_triton(z, w, v, r, zeta, save):
         return z.new_zeros((0, m_y)), a, s
     args = (z, w, v, r if frozen else w, part, a, s, bsz, m, m_h, m_y, z.stride(0), z.stride(1), *split_f64(zeta))
     kw = dict(FROZEN=frozen, SAVE_A=bool(save & SAVE_A), SAVE_S=bool(save & SAVE_S),
-              F64=z.dtype == torch.float64, DOT_PREC=_dot_precision(z.dtype))
+              F64=z.dtype == torch.float64, DOT_PREC=_dot_precision(z.dtype),
+              UPCAST=interp and z.dtype == torch.bfloat16)
     if interp:
         launch(_ee_fwd_kernel, (triton.cdiv(bsz, bk), m_y, nk), *args, **kw, BB=bk, BK=bk, BM=bk)
     else:
@@ -340,7 +352,7 @@ def _bwd_triton(g, z, w, v, r, a, s, zeta, needs):
                 bsz, m, m_h, m_y, z.stride(0), z.stride(1), g.stride(0), *split_f64(zeta))
         kw = dict(FROZEN=frozen, HAVE_A=a.numel() > 0, HAVE_S=s.numel() > 0, NEED_A=need_a, NEED_DP=need_dp,
                   NEED_DR=need_dr, NEED_DV=need_dv, F64=z.dtype == torch.float64,
-                  DOT_PREC=_dot_precision(z.dtype))
+                  DOT_PREC=_dot_precision(z.dtype), UPCAST=interp and z.dtype == torch.bfloat16)
         if interp:
             launch(_ee_bwd_kernel, (nb, triton.cdiv(n, bb)), *args, **kw, BB=bb, BN=bb, BM=bb)
         else:
@@ -351,7 +363,7 @@ def _bwd_triton(g, z, w, v, r, a, s, zeta, needs):
 
 def _finish_backward(dp, dr, dvp, z, w, v, r, needs):
     """dW = dPᵀ z̃ (bias column = column sums), dz = dP·W[:, :m] (+ dr·R[:, :m]), dV = Σ partials."""
-    dz = dw = dv = _empty0(z)
+    dz, dw, dv = _empty0(z), _empty0(z), _empty0(z)
     if needs & NEED_V:
         dv = (dvp.sum(0) if dvp.shape[0] != 1 else dvp[0]).to(v.dtype).view(v.shape)
     if needs & NEED_W:
