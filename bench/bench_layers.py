@@ -1,0 +1,261 @@
+"""CPU benchmarks of the fused layers: EE head (seed 000, eq. 3.4) and softplus_ζ.
+
+Two ways to run it (both measure every provider in the same process, so ratios are comparable):
+
+    python -m pytest bench/bench_layers.py --benchmark-only          # pytest-benchmark tables
+    python bench/bench_layers.py [--quick] [--out bench/results/cpu-<model>/layers.json]
+                                                                      # one JSON with ratios
+
+Providers: ``eager`` (the plain-PyTorch reference differentiated by autograd), ``compile``
+(``torch.compile`` of that reference) and ``gconv`` (the custom op on the implementation
+gconv.backends() picks for CPU — the C++ kernels when built).
+Modes: ``fwd`` (no grad), ``bwd`` (backward only, forward done in setup), ``full`` (forward +
+backward). Gate states: ``self`` (exploration: z, W, V all need gradients) and ``frozen``
+(exploitation: R frozen, only W needs a gradient).
+Memory: bytes autograd keeps for backward (``saved``, exact, via saved_tensors_hooks) and the
+process's peak-RSS growth while running the case (``peak_rss_delta``, coarse).
+
+Shapes. EE head: MNIST (B ∈ {64, 4096}, m = 512, m_H = 234, m_y = 10) and a *scaled-down* large
+shape (B = 1024, m = 1024, m_H = 1024, m_y = 1; the GPU shape B = 8192, m = m_H = 4096 needs
+~275 GFLOP per GEMM, minutes per step on 2 cores). Softplus: 16M float32 elements on CPU (the
+GPU script uses 64M).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from gconv import ops  # noqa: E402
+from gconv._utils import environment, peak_rss_bytes, to_jsonable  # noqa: E402
+
+EE_SHAPES = {"mnist-b64": (64, 512, 234, 10), "mnist-b4096": (4096, 512, 234, 10),
+             "large-scaled": (1024, 1024, 1024, 1)}
+SOFTPLUS_N = 16 * 2**20
+PROVIDERS = ("eager", "compile", "gconv")
+MODES = ("fwd", "bwd", "full")
+
+
+# ------------------------------------------------------------------ cases
+def _ee_tensors(shape, gate, dtype=torch.float32):
+    bsz, m, m_h, m_y = shape
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(bsz, m, generator=g, dtype=dtype)
+    w = torch.randn(m_y, m_h, m + 1, generator=g, dtype=dtype) * (2.0 / (m + 1)) ** 0.5
+    v = torch.rand(m_y, m_h, generator=g, dtype=dtype) * 2 / m_h ** 0.5 - 1 / m_h ** 0.5
+    r = w.clone() if gate == "frozen" else None
+    z.requires_grad_(gate == "self")
+    w.requires_grad_(True)
+    v.requires_grad_(gate == "self")
+    return z, w, v, r
+
+
+_COMPILED = {}
+
+
+def _ee_fn(provider):
+    if provider == "gconv":
+        return ops.ee_head
+    if provider == "eager":
+        return ops.ee_head_reference
+    if "ee" not in _COMPILED:
+        _COMPILED["ee"] = torch.compile(ops.ee_head_reference, fullgraph=True)
+    return _COMPILED["ee"]
+
+
+def _sp_fn(provider):
+    if provider == "gconv":
+        return ops.softplus
+    if provider == "eager":
+        return ops.softplus_reference
+    if "sp" not in _COMPILED:
+        _COMPILED["sp"] = torch.compile(ops.softplus_reference, fullgraph=True)
+    return _COMPILED["sp"]
+
+
+def ee_case(shape_name, gate, provider, mode):
+    """(setup, run) pair: setup() → args for run(*args)."""
+    z, w, v, r = _ee_tensors(EE_SHAPES[shape_name], gate)
+    fn = _ee_fn(provider)
+    leaves = [t for t in (z, w, v) if t.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(z, w, v, r)
+
+    def full():
+        out = fn(z, w, v, r)
+        return torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    def setup_bwd():
+        out = fn(z, w, v, r)
+        return (out,), {}
+
+    def bwd(out):
+        return torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    return {"fwd": (None, fwd), "full": (None, full), "bwd": (setup_bwd, bwd)}[mode], (z, w, v, r, fn, leaves)
+
+
+def sp_case(provider, mode, n=SOFTPLUS_N):
+    z = (torch.randn(n, generator=torch.Generator().manual_seed(0)) * 0.05).requires_grad_()
+    g = torch.randn(n)
+    fn = _sp_fn(provider)
+
+    def fwd():
+        with torch.no_grad():
+            return fn(z, 100.0)
+
+    def full():
+        return torch.autograd.grad(fn(z, 100.0), z, g)
+
+    def setup_bwd():
+        return (fn(z, 100.0),), {}
+
+    def bwd(y):
+        return torch.autograd.grad(y, z, g)
+
+    return {"fwd": (None, fwd), "full": (None, full), "bwd": (setup_bwd, bwd)}[mode], (z, g, fn)
+
+
+def saved_bytes(fn_call) -> int:
+    """Bytes autograd keeps alive for backward during fn_call() (deduplicated by storage)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn_call()
+    return sum(seen.values())
+
+
+# ------------------------------------------------------------------ pytest-benchmark
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("gate", ["self", "frozen"])
+@pytest.mark.parametrize("shape_name", list(EE_SHAPES))
+def test_ee_head(benchmark, shape_name, gate, provider, mode):
+    benchmark.group = f"ee_head {shape_name} {gate} {mode}"
+    (setup, run), tensors = ee_case(shape_name, gate, provider, mode)
+    z, w, v, r, fn, _ = tensors
+    if mode != "fwd":
+        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
+    rounds = 3 if EE_SHAPES[shape_name][0] >= 1024 else 20
+    if setup is None:
+        run()   # warm-up (compiles)
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    else:
+        run(*setup()[0])
+        benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_softplus(benchmark, provider, mode):
+    benchmark.group = f"softplus {SOFTPLUS_N} fp32 {mode}"
+    (setup, run), (z, g, fn) = sp_case(provider, mode)
+    if mode != "fwd":
+        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
+    if setup is None:
+        run()
+        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    else:
+        run(*setup()[0])
+        benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
+
+
+# ------------------------------------------------------------------ script: one JSON with ratios
+def _time(setup, run, reps):
+    """Median wall time (s) over reps runs (setup outside the timed region)."""
+    ts = []
+    for _ in range(reps + 1):
+        args = setup()[0] if setup else ()
+        t0 = time.perf_counter()
+        run(*args)
+        ts.append(time.perf_counter() - t0)
+    ts = sorted(ts[1:])
+    return ts[len(ts) // 2]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/cpu-<model>/layers.json)")
+    ap.add_argument("--quick", action="store_true", help="only the MNIST B=64 head and 1M-element softplus")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    env = environment()
+    rows = []
+    shapes = ["mnist-b64"] if args.quick else list(EE_SHAPES)
+    for shape_name in shapes:
+        for gate in ("self", "frozen"):
+            for mode in MODES:
+                res = {}
+                for provider in PROVIDERS:
+                    (setup, run), (z, w, v, r, fn, _) = ee_case(shape_name, gate, provider, mode)
+                    run(*(setup()[0] if setup else ()))
+                    rss0 = peak_rss_bytes()
+                    reps = args.reps if EE_SHAPES[shape_name][0] >= 1024 else 4 * args.reps
+                    t = _time(setup, run, reps)
+                    res[provider] = {"median_s": t, "peak_rss_delta": peak_rss_bytes() - rss0}
+                    if mode != "fwd":
+                        res[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
+                _ratios(res)
+                rows.append({"op": "ee_head", "shape": shape_name, "dims(B,m,m_H,m_y)": EE_SHAPES[shape_name],
+                             "gate": gate, "mode": mode, "dtype": "float32", **res})
+                print(_line(rows[-1]), flush=True)
+    n = 2**20 if args.quick else SOFTPLUS_N
+    for mode in MODES:
+        res = {}
+        for provider in PROVIDERS:
+            (setup, run), (z, g, fn) = sp_case(provider, mode, n)
+            run(*(setup()[0] if setup else ()))
+            rss0 = peak_rss_bytes()
+            t = _time(setup, run, args.reps)
+            res[provider] = {"median_s": t, "peak_rss_delta": peak_rss_bytes() - rss0,
+                             "GB/s": (2 if mode == "fwd" else 3 if mode == "bwd" else 5) * n * 4 / t / 1e9}
+            if mode != "fwd":
+                res[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
+        _ratios(res)
+        rows.append({"op": "softplus", "shape": f"{n} elements", "gate": None, "mode": mode, "dtype": "float32",
+                     **res})
+        print(_line(rows[-1]), flush=True)
+    import gconv
+    out = {"device": env["cpu"], "environment": env, "backends": gconv.backends(), "results": rows}
+    path = args.out or os.path.join(ROOT, "bench", "results", "cpu-" + _slug(env["cpu"]), "layers.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(to_jsonable(out), fh, indent=1)
+    print("wrote", path)
+
+
+def _ratios(res):
+    for p in PROVIDERS:
+        res[p]["speedup_vs_eager"] = res["eager"]["median_s"] / res[p]["median_s"]
+        res[p]["speedup_vs_compile"] = res["compile"]["median_s"] / res[p]["median_s"]
+
+
+def _line(row):
+    g = row["gconv"]
+    return (f"{row['op']:9s} {row['shape']:14s} {str(row['gate']):7s} {row['mode']:5s} "
+            f"eager {row['eager']['median_s'] * 1e3:9.2f} ms  compile {row['compile']['median_s'] * 1e3:9.2f} ms  "
+            f"gconv {g['median_s'] * 1e3:9.2f} ms  ×eager {g['speedup_vs_eager']:.2f}  "
+            f"×compile {g['speedup_vs_compile']:.2f}")
+
+
+def _slug(s):
+    return "".join(c if c.isalnum() else "-" for c in s).strip("-").lower()[:60]
+
+
+if __name__ == "__main__":
+    main()
