@@ -293,11 +293,12 @@ if HAS_TRITON:
                 out.append(c)
         return out
 
-    # BK (fwd) and BB (bwd) are fixed so the partial-sum buffers have a known size.
+    # BK (fwd) and BB (bwd) are fixed so the partial-sum buffers have a known size. The batch size is
+    # not part of the tuning key: one tuning per layer shape, not per (last, partial) batch.
     _FWD_BK, _BWD_BB = 64, 64
-    _ee_fwd_tuned = triton.autotune(_configs("fwd"), key=["Bsz", "M", "MH", "MY", "FROZEN", "SAVE_A",
+    _ee_fwd_tuned = triton.autotune(_configs("fwd"), key=["M", "MH", "MY", "FROZEN", "SAVE_A",
                                                           "SAVE_S", "F64", "DOT_PREC"])(_ee_fwd_kernel)
-    _ee_bwd_tuned = triton.autotune(_configs("bwd"), key=["Bsz", "M", "MH", "MY", "FROZEN", "HAVE_A", "HAVE_S",
+    _ee_bwd_tuned = triton.autotune(_configs("bwd"), key=["M", "MH", "MY", "FROZEN", "HAVE_A", "HAVE_S",
                                                           "NEED_A", "NEED_DP", "NEED_DR", "NEED_DV", "F64",
                                                           "DOT_PREC"])(_ee_bwd_kernel)
 
