@@ -12,8 +12,9 @@ gconv.backends() picks for CPU — the C++ kernels when built).
 Modes: ``fwd`` (no grad), ``bwd`` (backward only, forward done in setup), ``full`` (forward +
 backward). Gate states: ``self`` (exploration: z, W, V all need gradients) and ``frozen``
 (exploitation: R frozen, only W needs a gradient).
-Memory: bytes autograd keeps for backward (``saved``, exact, via saved_tensors_hooks) and the
-process's peak-RSS growth while running the case (``peak_rss_delta``, coarse).
+Memory: bytes autograd keeps for backward (``saved_bytes``, exact, via saved_tensors_hooks).
+Timing: the providers of one case run interleaved (rep i runs all of them, in rotation), so load
+from other processes on a shared machine hits them alike; the JSON has median and min.
 
 Shapes. EE head: MNIST (B ∈ {64, 4096}, m = 512, m_H = 234, m_y = 10) and a *scaled-down* large
 shape (B = 1024, m = 1024, m_H = 1024, m_y = 1; the GPU shape B = 8192, m = m_H = 4096 needs
@@ -176,16 +177,19 @@ def test_softplus(benchmark, provider, mode):
 
 
 # ------------------------------------------------------------------ script: one JSON with ratios
-def _time(setup, run, reps):
-    """Median wall time (s) over reps runs (setup outside the timed region)."""
-    ts = []
-    for _ in range(reps + 1):
-        args = setup()[0] if setup else ()
-        t0 = time.perf_counter()
-        run(*args)
-        ts.append(time.perf_counter() - t0)
-    ts = sorted(ts[1:])
-    return ts[len(ts) // 2]
+def _time_group(cases: dict, reps: int) -> dict:
+    """Interleaved timing: each rep runs every provider once, in rotation, so that load from other
+    processes on a shared machine hits all providers alike. Returns {provider: (median_s, min_s)}."""
+    ts = {p: [] for p in cases}
+    order = list(cases)
+    for i in range(reps):
+        for p in order[i % len(order):] + order[:i % len(order)]:
+            setup, run = cases[p]
+            args = setup()[0] if setup else ()
+            t0 = time.perf_counter()
+            run(*args)
+            ts[p].append(time.perf_counter() - t0)
+    return {p: (sorted(v)[len(v) // 2], min(v)) for p, v in ts.items()}
 
 
 def main(argv=None):
@@ -200,38 +204,43 @@ def main(argv=None):
     for shape_name in shapes:
         for gate in ("self", "frozen"):
             for mode in MODES:
-                res = {}
+                cases, meta = {}, {}
                 for provider in PROVIDERS:
                     (setup, run), (z, w, v, r, fn, _) = ee_case(shape_name, gate, provider, mode)
-                    run(*(setup()[0] if setup else ()))
-                    rss0 = peak_rss_bytes()
-                    reps = args.reps if EE_SHAPES[shape_name][0] >= 1024 else 4 * args.reps
-                    t = _time(setup, run, reps)
-                    res[provider] = {"median_s": t, "peak_rss_delta": peak_rss_bytes() - rss0}
+                    run(*(setup()[0] if setup else ()))          # warm-up (and compilation)
+                    cases[provider] = (setup, run)
+                    meta[provider] = {}
                     if mode != "fwd":
-                        res[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
-                _ratios(res)
+                        meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
+                reps = args.reps if EE_SHAPES[shape_name][0] >= 1024 else 4 * args.reps
+                for provider, (med, mn) in _time_group(cases, reps).items():
+                    meta[provider].update(median_s=med, min_s=mn)
+                _ratios(meta)
                 rows.append({"op": "ee_head", "shape": shape_name, "dims(B,m,m_H,m_y)": EE_SHAPES[shape_name],
-                             "gate": gate, "mode": mode, "dtype": "float32", **res})
+                             "gate": gate, "mode": mode, "dtype": "float32", "reps": reps, **meta})
                 print(_line(rows[-1]), flush=True)
     n = 2**20 if args.quick else SOFTPLUS_N
     for mode in MODES:
-        res = {}
+        cases, meta = {}, {}
         for provider in PROVIDERS:
             (setup, run), (z, g, fn) = sp_case(provider, mode, n)
             run(*(setup()[0] if setup else ()))
-            rss0 = peak_rss_bytes()
-            t = _time(setup, run, args.reps)
-            res[provider] = {"median_s": t, "peak_rss_delta": peak_rss_bytes() - rss0,
-                             "GB/s": (2 if mode == "fwd" else 3 if mode == "bwd" else 5) * n * 4 / t / 1e9}
+            cases[provider] = (setup, run)
+            meta[provider] = {}
             if mode != "fwd":
-                res[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
-        _ratios(res)
+                meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
+        for provider, (med, mn) in _time_group(cases, 2 * args.reps).items():
+            moved = (2 if mode == "fwd" else 3 if mode == "bwd" else 5) * n * 4
+            meta[provider].update(median_s=med, min_s=mn, GBps=moved / med / 1e9)
+        _ratios(meta)
         rows.append({"op": "softplus", "shape": f"{n} elements", "gate": None, "mode": mode, "dtype": "float32",
-                     **res})
+                     "reps": 2 * args.reps, **meta})
         print(_line(rows[-1]), flush=True)
+    rss = peak_rss_bytes()
     import gconv
-    out = {"device": env["cpu"], "environment": env, "backends": gconv.backends(), "results": rows}
+    out = {"device": env["cpu"], "environment": env, "backends": gconv.backends(), "peak_rss_bytes": rss,
+           "load_average_at_end": os.getloadavg(), "results": rows,
+           "note": "median over interleaved reps; ratios are eager/compile median over gconv median"}
     path = args.out or os.path.join(ROOT, "bench", "results", "cpu-" + _slug(env["cpu"]), "layers.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:

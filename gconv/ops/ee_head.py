@@ -456,6 +456,17 @@ def _backward(ctx, grad, _ga, _gs):
     needs = (NEED_Z if nz else 0) | (NEED_W if nw else 0) | (NEED_V if nv else 0)
     if not needs:
         return None, None, None, None, None, None
+    if torch.is_grad_enabled():
+        # create_graph=True (Hessian-vector products, gradient penalties): a gradient that is itself
+        # differentiable, through the reference's autograd graph. First-order training never comes here.
+        inputs = (z, weight, output_weight)
+        want = [i for i in range(3) if ctx.needs_input_grad[i]]
+        out = ee_head_reference(z, weight, output_weight, gate_weight, ctx.gate_zeta)
+        got = torch.autograd.grad(out, [inputs[i] for i in want], grad, create_graph=True)
+        res = [None] * 6
+        for i, g in zip(want, got):
+            res[i] = g
+        return tuple(res)
     dz, dw, dv = torch.ops.gconv.ee_head_backward(grad, z, weight, output_weight, gate_weight, a, s,
                                                   ctx.gate_zeta, needs, ctx.backend)
     return (dz if nz else None), (dw if nw else None), (dv if nv else None), None, None, None

@@ -59,6 +59,14 @@ def test_gradcheck_float64(impl, strategy, frozen):
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["self-gated", "frozen-R"])
+def test_gradgradcheck_float64(impl, frozen):
+    """create_graph=True gives a differentiable gradient (Hessian-vector products)."""
+    z, w, v, r = make(2, 3, 4, 2, frozen=frozen)
+    inputs = tuple(t.clone().requires_grad_() for t in (z, w, v))
+    assert torch.autograd.gradgradcheck(lambda a, b, c: ops.ee_head(a, b, c, r, 0.7), inputs)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["self-gated", "frozen-R"])
 @pytest.mark.parametrize("which", ["z", "W", "V", "W+V", "z+V"])
 def test_only_requested_gradients_are_computed(impl, strategy, frozen, which, monkeypatch):
     """needs_input_grad decides the work: e.g. the exploitation phase (R frozen, only W) asks for dW only."""
