@@ -32,6 +32,11 @@ import time
 import pytest
 import torch
 
+# every (shape, gate, grad-mode) case is a new specialisation of the compiled reference
+torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+if hasattr(torch._dynamo.config, "recompile_limit"):
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -197,7 +202,12 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/cpu-<model>/layers.json)")
     ap.add_argument("--quick", action="store_true", help="only the MNIST B=64 head and 1M-element softplus")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (on a shared, loaded machine 1 thread avoids timing "
+                         "OpenMP barrier waits instead of the kernels)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     env = environment()
     rows = []
     shapes = ["mnist-b64"] if args.quick else list(EE_SHAPES)

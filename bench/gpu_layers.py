@@ -36,6 +36,11 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+# every (shape, gate, grad-mode) case is a new specialisation of the compiled reference
+torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+if hasattr(torch._dynamo.config, "recompile_limit"):
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+
 EE_SHAPES = {"mnist-b64": (64, 512, 234, 10), "mnist-b4096": (4096, 512, 234, 10),
              "large": (8192, 4096, 4096, 1)}
 DEV = "cuda"   # --selftest runs the whole script on CPU with tiny shapes (checks the script itself)

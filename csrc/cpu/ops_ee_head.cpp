@@ -1,7 +1,13 @@
 // EE head (seed 000, eq. 3.4) on CPU tensors: torch.ops.gconv_cpu.ee_head_fwd / ee_head_bwd.
 // The plan (chunked BLAS GEMMs, saved tensors, gradient GEMMs) is in ops_ee_head_host.h; this file
 // holds the fused OpenMP epilogues: gate · value · V with the reduction over k (forward), and
-// dP / dr / dV in one pass over a chunk (backward). float16 / bfloat16 compute in float32.
+// dP / dr / dV in one pass over a chunk (backward). float32 / float64 loops are SIMD (the
+// branch-free sigmoid of ops_softplus_math.h, AVX2+FMA clones, FTZ); float16 / bfloat16 take a
+// scalar loop computing in float32.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")  // lets the selects in the loops vectorise
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,88 +15,212 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ops_ee_head_host.h"
+#include "ops_softplus_math.h"
 
-namespace {
+namespace gconv_ee_cpu {
 
 template <typename T>
 inline T sigm(T t) {
   return T(1) / (T(1) + std::exp(-t));  // exp overflow → 0, NaN propagates
 }
 
+// ---- SIMD segments (float / double) ------------------------------------------------------------
+// forward: Σ_k v[k]·sigmoid(ζ′r[k])·a[k] over one (row, output) segment; optionally store s.
+template <typename T, bool STORE_S>
+__attribute__((always_inline)) inline T fwd_seg(const T* a, const T* r, const T* v, T* s_out, int64_t m_h, T zeta) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < m_h; ++k) {
+    const T s = gconv_math::sigmoid1<T>(zeta * r[k]);
+    if constexpr (STORE_S) s_out[k] = s;
+    acc += v[k] * s * a[k];
+  }
+  return acc;
+}
+
+GCONV_SIMD_CLONES float fwd_seg_f32(const float* a, const float* r, const float* v, float* s_out, int64_t m_h,
+                                    float zeta) {
+  return s_out ? fwd_seg<float, true>(a, r, v, s_out, m_h, zeta) : fwd_seg<float, false>(a, r, v, s_out, m_h, zeta);
+}
+GCONV_SIMD_CLONES double fwd_seg_f64(const double* a, const double* r, const double* v, double* s_out, int64_t m_h,
+                                     double zeta) {
+  return s_out ? fwd_seg<double, true>(a, r, v, s_out, m_h, zeta)
+               : fwd_seg<double, false>(a, r, v, s_out, m_h, zeta);
+}
+
+// backward over one row's column range; KIND 0 self-gated (s from a), 1 frozen with r, 2 frozen with s.
+template <typename T, int KIND, bool DP, bool DR, bool DV>
+__attribute__((always_inline)) inline void bwd_seg(const T* gcol, const T* v, const T* a, const T* q, T* dp, T* dr,
+                                                   T* dvl, int64_t cnt, T zeta) {
+  constexpr bool HA = KIND == 0 || DR || DV;
+#pragma omp simd
+  for (int64_t i = 0; i < cnt; ++i) {
+    const T gb = gcol[i];
+    const T gv = gb * v[i];
+    T av = T(0);
+    if constexpr (HA) av = a[i];
+    T s;
+    if constexpr (KIND == 0) s = gconv_math::sigmoid1<T>(zeta * av);
+    else if constexpr (KIND == 1) s = gconv_math::sigmoid1<T>(zeta * q[i]);
+    else s = q[i];
+    const T ds = zeta * s * (T(1) - s);
+    if constexpr (DP) dp[i] = KIND == 0 ? gv * (s + av * ds) : gv * s;
+    if constexpr (DR) dr[i] = gv * av * ds;
+    if constexpr (DV) dvl[i] += gb * s * av;
+  }
+}
+
+template <typename T, int KIND>
+__attribute__((always_inline)) inline void bwd_kind(const T* gcol, const T* v, const T* a, const T* q, T* dp, T* dr,
+                                                    T* dvl, int64_t cnt, T zeta) {
+  const int f = (dp ? 4 : 0) | (dr ? 2 : 0) | (dvl ? 1 : 0);
+  switch (f) {
+    case 0: return;
+    case 1: return bwd_seg<T, KIND, false, false, true>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    case 2: return bwd_seg<T, KIND, false, true, false>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    case 3: return bwd_seg<T, KIND, false, true, true>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    case 4: return bwd_seg<T, KIND, true, false, false>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    case 5: return bwd_seg<T, KIND, true, false, true>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    case 6: return bwd_seg<T, KIND, true, true, false>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+    default: return bwd_seg<T, KIND, true, true, true>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void bwd_any(int kind, const T* gcol, const T* v, const T* a, const T* q, T* dp,
+                                                   T* dr, T* dvl, int64_t cnt, T zeta) {
+  if (kind == 0) bwd_kind<T, 0>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+  else if (kind == 1) bwd_kind<T, 1>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+  else bwd_kind<T, 2>(gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+}
+
+GCONV_SIMD_CLONES void bwd_seg_f32(int kind, const float* gcol, const float* v, const float* a, const float* q,
+                                   float* dp, float* dr, float* dvl, int64_t cnt, float zeta) {
+  bwd_any<float>(kind, gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+}
+GCONV_SIMD_CLONES void bwd_seg_f64(int kind, const double* gcol, const double* v, const double* a, const double* q,
+                                   double* dp, double* dr, double* dvl, int64_t cnt, double zeta) {
+  bwd_any<double>(kind, gcol, v, a, q, dp, dr, dvl, cnt, zeta);
+}
+
+inline float fwd_seg_any(const float* a, const float* r, const float* v, float* s, int64_t m_h, float zeta) {
+  return fwd_seg_f32(a, r, v, s, m_h, zeta);
+}
+inline double fwd_seg_any(const double* a, const double* r, const double* v, double* s, int64_t m_h, double zeta) {
+  return fwd_seg_f64(a, r, v, s, m_h, zeta);
+}
+inline void bwd_seg_any(int kind, const float* g, const float* v, const float* a, const float* q, float* dp,
+                        float* dr, float* dvl, int64_t cnt, float zeta) {
+  bwd_seg_f32(kind, g, v, a, q, dp, dr, dvl, cnt, zeta);
+}
+inline void bwd_seg_any(int kind, const double* g, const double* v, const double* a, const double* q, double* dp,
+                        double* dr, double* dvl, int64_t cnt, double zeta) {
+  bwd_seg_f64(kind, g, v, a, q, dp, dr, dvl, cnt, zeta);
+}
+
+// f[b, j] = Σ_k V[j,k]·sigmoid(ζ′·gate[b,n])·a[b,n] for a chunk of rows; optionally s_out = sigmoid(ζ′·gate)
+template <typename scalar_t>
+void epi_fwd(const scalar_t* ap, const scalar_t* rp, const scalar_t* vp, scalar_t* fp, scalar_t* sp, int64_t rows,
+             int64_t m_y, int64_t m_h, double zeta) {
+  using op_t = at::opmath_type<scalar_t>;
+  const int64_t N = m_y * m_h;
+  const op_t zt = static_cast<op_t>(zeta);
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(m_h, 1));
+  at::parallel_for(0, rows * m_y, grain, [&](int64_t begin, int64_t end) {
+    gconv_math::ScopedFlushDenormals ftz;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / m_y, j = idx % m_y;
+      const int64_t base = b * N + j * m_h;
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+        fp[b * m_y + j] = fwd_seg_any(ap + base, rp + base, vp + j * m_h, sp ? sp + base : nullptr, m_h, zt);
+      } else {
+        op_t acc = 0;
+        for (int64_t k = 0; k < m_h; ++k) {
+          const op_t s = sigm<op_t>(zt * static_cast<op_t>(rp[base + k]));
+          acc += static_cast<op_t>(vp[j * m_h + k]) * s * static_cast<op_t>(ap[base + k]);
+          if (sp) sp[base + k] = static_cast<scalar_t>(s);
+        }
+        fp[b * m_y + j] = static_cast<scalar_t>(acc);
+      }
+    }
+  });
+}
+
+// dP, dr and dv_acc += Σ_b g·s·a over a chunk of rows. Threads own column ranges, so the dV sums are
+// race-free and deterministic.
+template <typename scalar_t, typename acc_t>
+void epi_bwd(const scalar_t* gp, const scalar_t* ap, const scalar_t* qp, const scalar_t* vp, scalar_t* dpp,
+             scalar_t* drp, acc_t* dvp, int kind, int64_t rows, int64_t m_y, int64_t m_h, double zeta) {
+  using op_t = at::opmath_type<scalar_t>;
+  const int64_t N = m_y * m_h;
+  const op_t zt = static_cast<op_t>(zeta);
+  at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
+    gconv_math::ScopedFlushDenormals ftz;
+    const int64_t cnt = n1 - n0;
+    std::vector<int64_t> jidx(cnt);
+    for (int64_t i = 0; i < cnt; ++i) jidx[i] = (n0 + i) / m_h;
+    std::vector<op_t> dvl(dvp ? cnt : 0, op_t(0));
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+      std::vector<scalar_t> gcol(cnt);
+      for (int64_t b = 0; b < rows; ++b) {
+        const scalar_t* grow = gp + b * m_y;
+        for (int64_t i = 0; i < cnt; ++i) gcol[i] = grow[jidx[i]];
+        const int64_t o = b * N + n0;
+        bwd_seg_any(kind, gcol.data(), vp + n0, ap ? ap + o : nullptr, qp ? qp + o : nullptr,
+                    dpp ? dpp + o : nullptr, drp ? drp + o : nullptr, dvp ? dvl.data() : nullptr, cnt, zt);
+      }
+    } else {
+      for (int64_t b = 0; b < rows; ++b) {
+        const scalar_t* grow = gp + b * m_y;
+        for (int64_t i = 0; i < cnt; ++i) {
+          const int64_t n = n0 + i, idx = b * N + n;
+          const op_t gb = static_cast<op_t>(grow[jidx[i]]);
+          const op_t gv = gb * static_cast<op_t>(vp[n]);
+          const op_t av = ap ? static_cast<op_t>(ap[idx]) : op_t(0);
+          op_t s;
+          if (kind == 0) s = sigm<op_t>(zt * av);
+          else if (kind == 2) s = static_cast<op_t>(qp[idx]);
+          else s = sigm<op_t>(zt * static_cast<op_t>(qp[idx]));
+          const op_t ds = zt * s * (op_t(1) - s);
+          if (dpp) dpp[idx] = static_cast<scalar_t>(kind == 0 ? gv * (s + av * ds) : gv * s);
+          if (drp) drp[idx] = static_cast<scalar_t>(gv * av * ds);
+          if (dvp) dvl[i] += gb * s * av;
+        }
+      }
+    }
+    if (dvp) for (int64_t i = 0; i < cnt; ++i) dvp[n0 + i] += static_cast<acc_t>(dvl[i]);
+  });
+}
+
 struct CpuEpi {
   static const char* ns() { return "gconv_cpu"; }
   static int64_t chunk_elems() { return int64_t(1) << 20; }  // 4 MiB of fp32 per B×N buffer
 
-  // f[b, j] = Σ_k V[j,k]·sigmoid(ζ′·gate[b,n])·a[b,n];  optionally s_out = sigmoid(ζ′·gate)
   static void fwd(const at::Tensor& a, const at::Tensor& gate, const at::Tensor& v, int64_t m_y, int64_t m_h,
                   double zeta, at::Tensor f, at::Tensor s_out) {
-    const int64_t rows = a.size(0), N = m_y * m_h;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gconv_ee_fwd_epi", [&] {
-      using op_t = at::opmath_type<scalar_t>;
-      const scalar_t* ap = a.const_data_ptr<scalar_t>();
-      const scalar_t* rp = gate.const_data_ptr<scalar_t>();
-      const scalar_t* vp = v.const_data_ptr<scalar_t>();
-      scalar_t* fp = f.mutable_data_ptr<scalar_t>();
-      scalar_t* sp = s_out.defined() ? s_out.mutable_data_ptr<scalar_t>() : nullptr;
-      const op_t zt = static_cast<op_t>(zeta);
-      const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(m_h, 1));
-      at::parallel_for(0, rows * m_y, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t b = idx / m_y, j = idx % m_y;
-          const int64_t base = b * N + j * m_h;
-          op_t acc = 0;
-          for (int64_t k = 0; k < m_h; ++k) {
-            const op_t s = sigm<op_t>(zt * static_cast<op_t>(rp[base + k]));
-            acc += static_cast<op_t>(vp[j * m_h + k]) * s * static_cast<op_t>(ap[base + k]);
-            if (sp) sp[base + k] = static_cast<scalar_t>(s);
-          }
-          fp[b * m_y + j] = static_cast<scalar_t>(acc);
-        }
-      });
+      epi_fwd<scalar_t>(a.const_data_ptr<scalar_t>(), gate.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                        f.mutable_data_ptr<scalar_t>(),
+                        s_out.defined() ? s_out.mutable_data_ptr<scalar_t>() : nullptr, a.size(0), m_y, m_h, zeta);
     });
   }
 
-  // dP, dr (frozen, if defined) and dv_acc += Σ_b g·s·a over one chunk. Threads own column ranges,
-  // so the dV sums are race-free and deterministic.
   static void bwd(const at::Tensor& g, const at::Tensor& a, const at::Tensor& gate, bool frozen, bool gate_is_s,
                   const at::Tensor& v, int64_t m_y, int64_t m_h, double zeta, at::Tensor dp, at::Tensor dr,
                   at::Tensor dv_acc) {
-    const int64_t rows = g.size(0), N = m_y * m_h;
+    const int kind = !frozen ? 0 : (gate_is_s ? 2 : 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gconv_ee_bwd_epi", [&] {
-      using op_t = at::opmath_type<scalar_t>;
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      const scalar_t* ap = a.defined() ? a.const_data_ptr<scalar_t>() : nullptr;
-      const scalar_t* qp = gate.defined() ? gate.const_data_ptr<scalar_t>() : nullptr;
-      const scalar_t* vp = v.const_data_ptr<scalar_t>();
-      scalar_t* dpp = dp.defined() ? dp.mutable_data_ptr<scalar_t>() : nullptr;
-      scalar_t* drp = dr.defined() ? dr.mutable_data_ptr<scalar_t>() : nullptr;
-      acc_t* dvp = dv_acc.defined() ? dv_acc.mutable_data_ptr<acc_t>() : nullptr;
-      const op_t zt = static_cast<op_t>(zeta);
-      at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-        std::vector<op_t> dvl(dvp ? n1 - n0 : 0, op_t(0));
-        for (int64_t b = 0; b < rows; ++b) {
-          const scalar_t* grow = gp + b * m_y;
-          for (int64_t n = n0; n < n1; ++n) {
-            const int64_t i = b * N + n;
-            const op_t gb = static_cast<op_t>(grow[n / m_h]);
-            const op_t gv = gb * static_cast<op_t>(vp[n]);
-            const op_t av = ap ? static_cast<op_t>(ap[i]) : op_t(0);
-            op_t s;
-            if (!frozen) s = sigm<op_t>(zt * av);
-            else if (gate_is_s) s = static_cast<op_t>(qp[i]);
-            else s = sigm<op_t>(zt * static_cast<op_t>(qp[i]));
-            const op_t ds = zt * s * (op_t(1) - s);
-            if (dpp) dpp[i] = static_cast<scalar_t>(frozen ? gv * s : gv * (s + av * ds));
-            if (drp) drp[i] = static_cast<scalar_t>(gv * av * ds);
-            if (dvp) dvl[n - n0] += gb * s * av;
-          }
-        }
-        if (dvp) for (int64_t n = n0; n < n1; ++n) dvp[n] += static_cast<acc_t>(dvl[n - n0]);
-      });
+      epi_bwd<scalar_t, acc_t>(g.const_data_ptr<scalar_t>(), a.defined() ? a.const_data_ptr<scalar_t>() : nullptr,
+                               frozen ? gate.const_data_ptr<scalar_t>() : nullptr, v.const_data_ptr<scalar_t>(),
+                               dp.defined() ? dp.mutable_data_ptr<scalar_t>() : nullptr,
+                               dr.defined() ? dr.mutable_data_ptr<scalar_t>() : nullptr,
+                               dv_acc.defined() ? dv_acc.mutable_data_ptr<acc_t>() : nullptr, kind, g.size(0), m_y,
+                               m_h, zeta);
     });
   }
 };
@@ -111,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ee_head_bwd(const at::Tensor& g, 
   return gconv_ee::backward<CpuEpi>(g, z, w, v, r, a_saved, s_saved, zeta, needs);
 }
 
-}  // namespace
+}  // namespace gconv_ee_cpu
 
 TORCH_LIBRARY_FRAGMENT(gconv_cpu, m) {
   m.def("ee_head_fwd(Tensor z, Tensor weight, Tensor output_weight, Tensor? gate_weight, float gate_zeta, "
@@ -121,6 +251,6 @@ TORCH_LIBRARY_FRAGMENT(gconv_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(gconv_cpu, CPU, m) {
-  m.impl("ee_head_fwd", &ee_head_fwd);
-  m.impl("ee_head_bwd", &ee_head_bwd);
+  m.impl("ee_head_fwd", &gconv_ee_cpu::ee_head_fwd);
+  m.impl("ee_head_bwd", &gconv_ee_cpu::ee_head_bwd);
 }

@@ -23,14 +23,6 @@
 
 #include "ops_softplus_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
-#define GCONV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))  // AVX2 + FMA
-#elif defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define GCONV_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GCONV_SIMD_CLONES
-#endif
-
 namespace gconv_softplus_cpu {
 
 using gconv_math::sigmoid1;
