@@ -6,6 +6,10 @@
 //   backward  dP = df·V·(s + ζ′·a·s(1−s)) self-gated, dP = df·V·s and dr = df·V·a·ζ′·s(1−s) frozen;
 //             dW = dPᵀ z̃ (bias column = Σ_b dP), dz = dP·W[:, :m] (+ dr·R[:, :m]), dV = Σ_b df·s·a
 // The constant neuron is never materialised: W[:, :m] is a strided view, W[:, m] a bias vector.
+// Epi::fwd(a, r, bias_w, bias_r, v, m_y, m_H, ζ′, f, s_out, write_a) gets the bias-free GEMM results
+// (r undefined when self-gated), adds the constant neuron's weights, and writes a back if asked;
+// Epi::bwd(g, a, gate, frozen, gate_is_s, v, m_y, m_H, ζ′, dP, dr, dV_acc, dWbias_acc) writes dP / dr
+// and adds the column sums Σ_b df·s·a and Σ_b dP into the accumulators (each may be undefined).
 // Rows are processed in chunks of at most Epi::chunk_elems() / N rows, so the B×N intermediates
 // exist only as one bounded chunk at a time unless the caller asked to save them for backward.
 #pragma once
@@ -74,21 +78,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& z, cons
   auto [wz, wb] = split_bias(w, d.N, d.m);
   at::Tensor rz, rb;
   if (frozen) std::tie(rz, rb) = split_bias(*r, d.N, d.m);
+  const at::Tensor wbc = wb.contiguous(), rbc = frozen ? rb.contiguous() : at::Tensor();
   const int64_t rows = (save & kSaveA) && !frozen ? d.B : chunk_rows(d.B, d.N, Epi::chunk_elems());
   at::Tensor abuf = (save & kSaveA) ? at::Tensor() : at::empty({rows, d.N}, opts);
   at::Tensor rbuf = frozen ? at::empty({rows, d.N}, opts) : at::Tensor();
   for (int64_t b0 = 0; b0 < d.B; b0 += rows) {
     const int64_t rc = std::min(rows, d.B - b0);
     const at::Tensor zc = z.narrow(0, b0, rc);
+    // GEMMs without the bias: the constant neuron's column is added in the epilogue (no broadcast copy)
     at::Tensor ac = (save & kSaveA) ? a_saved.narrow(0, b0, rc) : abuf.narrow(0, 0, rc);
-    at::addmm_out(ac, wb, zc, wz.t());
-    at::Tensor gc = ac;
+    at::mm_out(ac, zc, wz.t());
+    at::Tensor gc;
     if (frozen) {
       gc = rbuf.narrow(0, 0, rc);
-      at::addmm_out(gc, rb, zc, rz.t());
+      at::mm_out(gc, zc, rz.t());
     }
     at::Tensor sc = (save & kSaveS) ? s_saved.narrow(0, b0, rc) : at::Tensor();
-    Epi::fwd(ac, gc, v, d.m_y, d.m_h, zeta, out.narrow(0, b0, rc), sc);
+    Epi::fwd(ac, gc, wbc, rbc, v, d.m_y, d.m_h, zeta, out.narrow(0, b0, rc), sc, (save & kSaveA) != 0);
   }
   return {out, a_saved, s_saved};
 }
@@ -116,6 +122,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& g_in, 
   at::Tensor dz = (needs & kNeedZ) ? at::empty({d.B, d.m}, opts) : at::empty({0}, opts);
   at::Tensor dw = (needs & kNeedW) ? at::empty({d.N, d.m + 1}, opts) : at::empty({0}, opts);
   at::Tensor dv_acc = need_dv ? at::zeros({d.N}, opts.dtype(acc_type)) : at::Tensor();
+  // dW: the GEMM part accumulates over row chunks in a contiguous (N, m) buffer; the bias column
+  // (Σ_b dP) is summed by the epilogue
+  at::Tensor dwz_acc = (needs & kNeedW) ? at::empty({d.N, d.m}, opts) : at::Tensor();
+  at::Tensor dwb_acc = (needs & kNeedW) ? at::zeros({d.N}, opts.dtype(acc_type)) : at::Tensor();
   if (d.B == 0 || !(need_dp || need_dv)) {
     if (needs & kNeedW) dw.zero_();
     return {dz, (needs & kNeedW) ? dw.view(w.sizes()) : dw,
@@ -129,8 +139,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& g_in, 
   at::Tensor rbuf = frozen && !have_s ? at::empty({rows, d.N}, opts) : at::Tensor();
   at::Tensor dpbuf = need_dp ? at::empty({rows, d.N}, opts) : at::Tensor();
   at::Tensor drbuf = need_dr ? at::empty({rows, d.N}, opts) : at::Tensor();
-  at::Tensor dwz = (needs & kNeedW) ? dw.narrow(1, 0, d.m) : at::Tensor();
-  at::Tensor dwb = (needs & kNeedW) ? dw.select(1, d.m) : at::Tensor();
   for (int64_t b0 = 0; b0 < d.B; b0 += rows) {
     const int64_t rc = std::min(rows, d.B - b0);
     const at::Tensor zc = z.narrow(0, b0, rc), gc = g.narrow(0, b0, rc);
@@ -156,14 +164,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& g_in, 
     }
     at::Tensor dpc = need_dp ? dpbuf.narrow(0, 0, rc) : at::Tensor();
     at::Tensor drc = need_dr ? drbuf.narrow(0, 0, rc) : at::Tensor();
-    Epi::bwd(gc, ac, gate, frozen, gate_is_s, v, d.m_y, d.m_h, zeta, dpc, drc, dv_acc);
+    Epi::bwd(gc, ac, gate, frozen, gate_is_s, v, d.m_y, d.m_h, zeta, dpc, drc, dv_acc, dwb_acc);
     if (needs & kNeedW) {
       if (b0 == 0) {
-        at::mm_out(dwz, dpc.t(), zc);
-        at::sum_out(dwb, dpc, {0});
+        at::mm_out(dwz_acc, dpc.t(), zc);
       } else {
-        dwz.addmm_(dpc.t(), zc);
-        dwb.add_(dpc.sum(0));
+        dwz_acc.addmm_(dpc.t(), zc);
       }
     }
     if (needs & kNeedZ) {
@@ -171,6 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& g_in, 
       at::mm_out(dzc, dpc, wz);
       if (need_dr) dzc.addmm_(drc, rz);
     }
+  }
+  if (needs & kNeedW) {
+    dw.narrow(1, 0, d.m).copy_(dwz_acc);
+    dw.select(1, d.m).copy_(dwb_acc);
   }
   return {dz, (needs & kNeedW) ? dw.view(w.sizes()) : dw,
           need_dv ? dv_acc.to(v.scalar_type()).view(v.sizes()) : at::empty({0}, opts)};

@@ -35,6 +35,11 @@ than eager autograd keeps — instead of recomputing them with another GEMM in b
 ``GCONV_EE_HEAD_BACKWARD=recompute`` selects recomputation (least memory) instead.
 In the EE exploitation phase (R frozen, only θ_(H−1) trained) the backward is one elementwise pass
 over the saved s and one GEMM: no dR, no dz, no dV work at all.
+
+``torch.ops.gconv.ee_head`` is a ``torch.library`` custom op (fake kernel + autograd), so
+``torch.compile(fullgraph=True)`` traces it. With ``create_graph=True`` the gradient is computed
+through the reference's graph (differentiable again); inside torch.func transforms or forward-mode
+AD the reference runs instead of the op.
 """
 from __future__ import annotations
 
