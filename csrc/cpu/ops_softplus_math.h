@@ -109,6 +109,6 @@ template <typename T>
 __attribute__((always_inline)) inline T sigmoid1(T t) {
   const T e = exp_nonpos<T>(t > T(0) ? -t : t);
   const T d = T(1) + e;
-  return t >= T(0) ? T(1) / d : e / d;
+  return (t >= T(0) ? T(1) : e) / d;  // one division (vector code evaluates both sides of a select)
 }
 }  // namespace gconv_math
