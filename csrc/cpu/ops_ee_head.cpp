@@ -73,15 +73,14 @@ GCONV_SIMD_CLONES double fwd_seg_f64(double* a, const double* r, const double* w
   return fwd_any<double>(a, r, wb, rb, v, s_out, write_a, m_h, zeta);
 }
 
-// backward over one row's column range; KIND 0 self-gated (s from a), 1 frozen with r, 2 frozen with s.
+// backward over one row's columns of one output j (incoming gradient gb); KIND 0 self-gated (s from a), 1 frozen with r, 2 frozen with s.
 // Accumulates per-column Σ g·s·a (dvl) and Σ dP (dwl) when asked.
 template <typename T, int KIND, bool DP, bool DWB, bool DR, bool DV>
-__attribute__((always_inline)) inline void bwd_seg(const T* gcol, const T* v, const T* a, const T* q, T* dp, T* dr,
+__attribute__((always_inline)) inline void bwd_seg(T gb, const T* v, const T* a, const T* q, T* dp, T* dr,
                                                    T* dvl, T* dwl, int64_t cnt, T zeta) {
   constexpr bool HA = KIND == 0 || DR || DV;
 #pragma omp simd
   for (int64_t i = 0; i < cnt; ++i) {
-    const T gb = gcol[i];
     const T gv = gb * v[i];
     T av = T(0);
     if constexpr (HA) av = a[i];
@@ -101,7 +100,7 @@ __attribute__((always_inline)) inline void bwd_seg(const T* gcol, const T* v, co
 }
 
 template <typename T, int KIND>
-__attribute__((always_inline)) inline void bwd_kind(const T* gcol, const T* v, const T* a, const T* q, T* dp, T* dr,
+__attribute__((always_inline)) inline void bwd_kind(T gcol, const T* v, const T* a, const T* q, T* dp, T* dr,
                                                     T* dvl, T* dwl, int64_t cnt, T zeta) {
   const int f = (dp ? 8 : 0) | (dp && dwl ? 4 : 0) | (dr ? 2 : 0) | (dvl ? 1 : 0);
 #define GCONV_BWD_CASE(F, DP, DWB, DR, DV) \
@@ -124,18 +123,18 @@ __attribute__((always_inline)) inline void bwd_kind(const T* gcol, const T* v, c
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void bwd_any(int kind, const T* gcol, const T* v, const T* a, const T* q, T* dp,
+__attribute__((always_inline)) inline void bwd_any(int kind, T gcol, const T* v, const T* a, const T* q, T* dp,
                                                    T* dr, T* dvl, T* dwl, int64_t cnt, T zeta) {
   if (kind == 0) bwd_kind<T, 0>(gcol, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
   else if (kind == 1) bwd_kind<T, 1>(gcol, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
   else bwd_kind<T, 2>(gcol, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
 }
 
-GCONV_SIMD_CLONES void bwd_seg_f32(int kind, const float* gcol, const float* v, const float* a, const float* q,
+GCONV_SIMD_CLONES void bwd_seg_f32(int kind, float gcol, const float* v, const float* a, const float* q,
                                    float* dp, float* dr, float* dvl, float* dwl, int64_t cnt, float zeta) {
   bwd_any<float>(kind, gcol, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
 }
-GCONV_SIMD_CLONES void bwd_seg_f64(int kind, const double* gcol, const double* v, const double* a, const double* q,
+GCONV_SIMD_CLONES void bwd_seg_f64(int kind, double gcol, const double* v, const double* a, const double* q,
                                    double* dp, double* dr, double* dvl, double* dwl, int64_t cnt, double zeta) {
   bwd_any<double>(kind, gcol, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
 }
@@ -148,11 +147,11 @@ inline double fwd_seg_any(double* a, const double* r, const double* wb, const do
                           bool write_a, int64_t m_h, double zeta) {
   return fwd_seg_f64(a, r, wb, rb, v, s, write_a, m_h, zeta);
 }
-inline void bwd_seg_any(int kind, const float* g, const float* v, const float* a, const float* q, float* dp,
+inline void bwd_seg_any(int kind, float g, const float* v, const float* a, const float* q, float* dp,
                         float* dr, float* dvl, float* dwl, int64_t cnt, float zeta) {
   bwd_seg_f32(kind, g, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
 }
-inline void bwd_seg_any(int kind, const double* g, const double* v, const double* a, const double* q, double* dp,
+inline void bwd_seg_any(int kind, double g, const double* v, const double* a, const double* q, double* dp,
                         double* dr, double* dvl, double* dwl, int64_t cnt, double zeta) {
   bwd_seg_f64(kind, g, v, a, q, dp, dr, dvl, dwl, cnt, zeta);
 }
@@ -206,14 +205,15 @@ void epi_bwd(const scalar_t* gp, const scalar_t* ap, const scalar_t* qp, const s
     for (int64_t i = 0; i < cnt; ++i) jidx[i] = (n0 + i) / m_h;
     std::vector<op_t> dvl(dvp ? cnt : 0, op_t(0)), dwl(dwbp ? cnt : 0, op_t(0));
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      std::vector<scalar_t> gcol(cnt);
       for (int64_t b = 0; b < rows; ++b) {
         const scalar_t* grow = gp + b * m_y;
-        for (int64_t i = 0; i < cnt; ++i) gcol[i] = grow[jidx[i]];
-        const int64_t o = b * N + n0;
-        bwd_seg_any(kind, gcol.data(), vp + n0, ap ? ap + o : nullptr, qp ? qp + o : nullptr,
-                    dpp ? dpp + o : nullptr, drp ? drp + o : nullptr, dvp ? dvl.data() : nullptr,
-                    dwbp ? dwl.data() : nullptr, cnt, zt);
+        for (int64_t c0 = n0; c0 < n1;) {   // runs of columns that belong to one output j
+          const int64_t j = c0 / m_h, c1 = std::min(n1, (j + 1) * m_h), i0 = c0 - n0, o = b * N + c0;
+          bwd_seg_any(kind, grow[j], vp + c0, ap ? ap + o : nullptr, qp ? qp + o : nullptr, dpp ? dpp + o : nullptr,
+                      drp ? drp + o : nullptr, dvp ? dvl.data() + i0 : nullptr, dwbp ? dwl.data() + i0 : nullptr,
+                      c1 - c0, zt);
+          c0 = c1;
+        }
       }
     } else {
       for (int64_t b = 0; b < rows; ++b) {

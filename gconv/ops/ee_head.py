@@ -453,13 +453,15 @@ def _setup(ctx, inputs, output):
     ctx.gate_zeta = gate_zeta
     ctx.backend = forced_backend_name()   # forward and backward on the same implementation
     ctx.mark_non_differentiable(a, s)
+    # no zero-filled B×N gradients for the saved-tensor outputs (they are never differentiated)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad, _ga, _gs):
     z, weight, output_weight, gate_weight, a, s = ctx.saved_tensors
     nz, nw, nv = ctx.needs_input_grad[:3]
     needs = (NEED_Z if nz else 0) | (NEED_W if nw else 0) | (NEED_V if nv else 0)
-    if not needs:
+    if not needs or grad is None:
         return None, None, None, None, None, None
     if torch.is_grad_enabled():
         # create_graph=True (Hessian-vector products, gradient penalties): a gradient that is itself

@@ -289,3 +289,20 @@ def test_gpu_tf32x3_precision(monkeypatch):
         out.sum().backward()
     ref = ref_and_grads(z, w, v, None, 1.0, torch.ones(300, 10, dtype=torch.float64))
     assert rel(out.cpu(), ref[0]) <= 1e-5 and rel(ww.grad.cpu(), ref[2]) <= 1e-5
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["self-gated", "frozen-R"])
+def test_cpp_row_chunks(strategy, frozen):
+    """B×N above the C++ chunk (2²² elements): forward, recomputation and dW accumulate over chunks."""
+    ok, why = B._CHECKS["ee_head"]["cpp"]("cpu")
+    if not ok:
+        pytest.skip(f"cpp implementation unavailable here: {why}")
+    z, w, v, r = make(2100, 5, 1001, 2, frozen=frozen)        # B·N = 4.2M > 4,194,304 → two chunks
+    gout = torch.randn(2100, 2, dtype=torch.float64)
+    ref = ref_and_grads(z, w, v, r, 0.6, gout)
+    zz, ww, vv = (t.clone().requires_grad_() for t in (z, w, v))
+    with B.use_backend("cpp"):
+        out = ops.ee_head(zz, ww, vv, r, 0.6)
+        grads = torch.autograd.grad(out, (zz, ww, vv), gout)
+    for name, x, rf in zip(("f", "dz", "dW", "dV"), (out, *grads), ref):
+        assert rel(x, rf) <= 1e-12, (name, rel(x, rf))
