@@ -200,11 +200,11 @@ if HAS_TRITON:
             tl.store(s_ptr + offs_b[:, None] * N + n[None, :], s.to(s_ptr.dtype.element_ty), mask=mask_bk)
 
     @triton.jit
-    def _ee_bwd_kernel(g_ptr, z_ptr, w_ptr, v_ptr, r_ptr, a_ptr, s_ptr, dp_ptr, dr_ptr, dvp_ptr,
+    def _ee_bwd_kernel(g_ptr, z_ptr, w_ptr, v_ptr, r_ptr, a_ptr, s_ptr, dp_ptr, dr_ptr, dvp_ptr, dwbp_ptr,
                        Bsz, M, MH, MY, stride_zb, stride_zm, stride_gb, zeta_hi, zeta_mid, zeta_lo,
                        FROZEN: tl.constexpr, HAVE_A: tl.constexpr, HAVE_S: tl.constexpr,
                        NEED_A: tl.constexpr, NEED_DP: tl.constexpr, NEED_DR: tl.constexpr,
-                       NEED_DV: tl.constexpr, F64: tl.constexpr, DOT_PREC: tl.constexpr,
+                       NEED_DV: tl.constexpr, NEED_DWB: tl.constexpr, F64: tl.constexpr, DOT_PREC: tl.constexpr,
                        UPCAST: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
         # one program: batch rows [pid_b·BB, +BB) × flattened columns n in [pid_n·BN, +BN)
         pid_b = tl.program_id(0)
@@ -271,7 +271,10 @@ if HAS_TRITON:
                 dp = gv * s
             else:
                 dp = gv * (s + zeta * a * s * (1.0 - s))
-            tl.store(dp_ptr + out_off, dp.to(dp_ptr.dtype.element_ty), mask=mask_bn)
+            dp = dp.to(dp_ptr.dtype.element_ty)
+            tl.store(dp_ptr + out_off, dp, mask=mask_bn)
+            if NEED_DWB:   # bias column of dW: Σ_b dP, per batch tile
+                tl.store(dwbp_ptr + pid_b * N + offs_n, tl.sum(dp.to(acc_t), axis=0), mask=mask_n)
         if NEED_DR:
             dr = gv * a * (zeta * s * (1.0 - s))
             tl.store(dr_ptr + out_off, dr.to(dr_ptr.dtype.element_ty), mask=mask_bn)
@@ -304,7 +307,7 @@ if HAS_TRITON:
     _ee_fwd_tuned = triton.autotune(_configs("fwd"), key=["M", "MH", "MY", "FROZEN", "SAVE_A",
                                                           "SAVE_S", "F64", "DOT_PREC"])(_ee_fwd_kernel)
     _ee_bwd_tuned = triton.autotune(_configs("bwd"), key=["M", "MH", "MY", "FROZEN", "HAVE_A", "HAVE_S",
-                                                          "NEED_A", "NEED_DP", "NEED_DR", "NEED_DV", "F64",
+                                                          "NEED_A", "NEED_DP", "NEED_DR", "NEED_DV", "NEED_DWB", "F64",
                                                           "DOT_PREC"])(_ee_bwd_kernel)
 
 # the interpreter runs fixed small blocks (tl.dot needs ≥ 16), so odd test shapes exercise the masks
@@ -353,22 +356,25 @@ def _bwd_triton(g, z, w, v, r, a, s, zeta, needs):
     dp = z.new_empty((bsz, n)) if need_dp else _empty0(z)
     dr = z.new_empty((bsz, n)) if need_dr else _empty0(z)
     dvp = torch.empty((nb, n), device=z.device, dtype=acc_dtype) if need_dv else _empty0(z)
+    need_dwb = bool(needs & NEED_W)
+    dwbp = torch.empty((nb, n), device=z.device, dtype=acc_dtype) if need_dwb else _empty0(z)
     if bsz > 0 and (need_dp or need_dv):
-        args = (g, z, w, v, r if frozen else w, a if a.numel() else z, s if s.numel() else z, dp, dr, dvp,
+        args = (g, z, w, v, r if frozen else w, a if a.numel() else z, s if s.numel() else z, dp, dr, dvp, dwbp,
                 bsz, m, m_h, m_y, z.stride(0), z.stride(1), g.stride(0), *split_f64(zeta))
         kw = dict(FROZEN=frozen, HAVE_A=a.numel() > 0, HAVE_S=s.numel() > 0, NEED_A=need_a, NEED_DP=need_dp,
-                  NEED_DR=need_dr, NEED_DV=need_dv, F64=z.dtype == torch.float64,
+                  NEED_DR=need_dr, NEED_DV=need_dv, NEED_DWB=need_dwb, F64=z.dtype == torch.float64,
                   DOT_PREC=_dot_precision(z.dtype), UPCAST=interp and z.dtype == torch.bfloat16)
         if interp:
             launch(_ee_bwd_kernel, (nb, triton.cdiv(n, bb)), *args, **kw, BB=bb, BN=bb, BM=bb)
         else:
             grid = lambda meta: (nb, triton.cdiv(n, meta["BN"]))  # noqa: E731
             _ee_bwd_tuned[grid](*args, **kw, BB=bb)
-    return _finish_backward(dp, dr, dvp, z, w, v, r, needs)
+    return _finish_backward(dp, dr, dvp, dwbp, z, w, v, r, needs)
 
 
-def _finish_backward(dp, dr, dvp, z, w, v, r, needs):
-    """dW = dPᵀ z̃ (bias column = column sums), dz = dP·W[:, :m] (+ dr·R[:, :m]), dV = Σ partials."""
+def _finish_backward(dp, dr, dvp, dwbp, z, w, v, r, needs):
+    """dW = dPᵀ z̃ (bias column = Σ of the per-tile column sums), dz = dP·W[:, :m] (+ dr·R[:, :m]),
+    dV = Σ of the per-tile partials."""
     dz, dw, dv = _empty0(z), _empty0(z), _empty0(z)
     if needs & NEED_V:
         dv = (dvp.sum(0) if dvp.shape[0] != 1 else dvp[0]).to(v.dtype).view(v.shape)
@@ -377,7 +383,7 @@ def _finish_backward(dp, dr, dvp, z, w, v, r, needs):
         dw2 = w.new_empty((dp.shape[1], m + 1))
         if dp.shape[0]:
             torch.mm(dp.t(), z, out=dw2[:, :m])
-            dw2[:, m] = dp.sum(0)
+            dw2[:, m] = dwbp.sum(0)
         else:
             dw2.zero_()
         dw = dw2.view(w.shape)
@@ -482,6 +488,28 @@ def _backward(ctx, grad, _ga, _gs):
 _ee_head_op.register_autograd(_backward, setup_context=_setup)
 
 
+# ====================================================================== eager fast path
+class _EEHeadFunction(torch.autograd.Function):
+    """The same kernels and backward as the custom op, without the custom-op dispatch layers.
+
+    Eager calls take this path (less per-call overhead at small batches); ``torch.compile``
+    traces the custom op.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, output_weight, gate_weight, gate_zeta, save):
+        out, a, s = _FWD[choose(_OP, z.device.type)](z, weight, output_weight, gate_weight, gate_zeta, save)
+        ctx.save_for_backward(z, weight, output_weight, gate_weight, a, s)
+        ctx.gate_zeta = gate_zeta
+        ctx.backend = forced_backend_name()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = _backward(ctx, grad, None, None)
+        return grads
+
+
 # ====================================================================== public API
 def _check(z, weight, output_weight, gate_weight):
     op = "ee_head"
@@ -548,7 +576,7 @@ def ee_head(z: torch.Tensor, weight: torch.Tensor, output_weight: torch.Tensor,
         z, weight, output_weight = z.to(dt), weight.to(dt), output_weight.to(dt)
         gate_weight = None if gate_weight is None else gate_weight.to(dt)
     _check(z, weight, output_weight, gate_weight)
-    if use_reference(z, weight, output_weight, gate_weight):
+    if not torch.compiler.is_compiling() and use_reference(z, weight, output_weight, gate_weight):
         return ee_head_reference(z, weight, output_weight,
                                  None if gate_weight is None else gate_weight.detach(), gate_zeta)
     weight = weight.contiguous()
@@ -561,5 +589,7 @@ def ee_head(z: torch.Tensor, weight: torch.Tensor, output_weight: torch.Tensor,
             save = SAVE_A if (nz or nw or nv) else 0
         else:
             save = (SAVE_S if (nz or nw or nv) else 0) | (SAVE_A if (nz or nv) else 0)
-    out, _a, _s = torch.ops.gconv.ee_head(z, weight, output_weight, gate_weight, gate_zeta, save)
-    return out
+    if torch.compiler.is_compiling():
+        out, _a, _s = torch.ops.gconv.ee_head(z, weight, output_weight, gate_weight, gate_zeta, save)
+        return out
+    return _EEHeadFunction.apply(z, weight, output_weight, gate_weight, gate_zeta, save)

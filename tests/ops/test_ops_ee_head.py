@@ -306,3 +306,15 @@ def test_cpp_row_chunks(strategy, frozen):
         grads = torch.autograd.grad(out, (zz, ww, vv), gout)
     for name, x, rf in zip(("f", "dz", "dW", "dV"), (out, *grads), ref):
         assert rel(x, rf) <= 1e-12, (name, rel(x, rf))
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["self-gated", "frozen-R"])
+def test_custom_op_path_matches_and_gradchecks(impl, frozen):
+    """Eager calls use an autograd.Function; torch.compile traces torch.ops.gconv.ee_head — test both."""
+    z, w, v, r = make(3, 4, 5, 2, frozen=frozen)
+    inputs = tuple(t.clone().requires_grad_() for t in (z, w, v))
+    save = eh.SAVE_A | (eh.SAVE_S if frozen else 0)
+    out = torch.ops.gconv.ee_head(*inputs, r, 1.3, save)[0]
+    assert torch.allclose(out, ops.ee_head(*inputs, r, 1.3), rtol=1e-14, atol=0)
+    assert torch.autograd.gradcheck(lambda a, b, c: torch.ops.gconv.ee_head(a, b, c, r, 1.3, save)[0], inputs)
+    torch.library.opcheck(torch.ops.gconv.ee_head.default, (z, w, v, r, 1.3, save))

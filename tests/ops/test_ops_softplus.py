@@ -226,3 +226,12 @@ def test_gpu_more_than_2_31_elements(gpu_impl):
     with B.use_backend(gpu_impl):
         y = ops.softplus(z, 100.0)
     assert y[-1].item() == 1.0 and y[0].item() == 0.0
+
+
+def test_custom_op_path_matches_and_gradchecks(impl):
+    """Eager calls use an autograd.Function; torch.compile traces torch.ops.gconv.softplus — test both."""
+    z = (torch.randn(4, 9, dtype=torch.float64) * 0.03).requires_grad_()
+    assert torch.equal(torch.ops.gconv.softplus(z, 100.0), ops.softplus(z, 100.0))
+    assert torch.autograd.gradcheck(lambda t: torch.ops.gconv.softplus(t, 100.0), (z,))
+    assert torch.autograd.gradgradcheck(lambda t: torch.ops.gconv.softplus(t, 100.0), (z,))
+    torch.library.opcheck(torch.ops.gconv.softplus.default, (z.detach(), 100.0))
