@@ -12,7 +12,8 @@ gconv.backends() picks for CPU — the C++ kernels when built).
 Modes: ``fwd`` (no grad), ``bwd`` (backward only, forward done in setup), ``full`` (forward +
 backward). Gate states: ``self`` (exploration: z, W, V all need gradients) and ``frozen``
 (exploitation: R frozen, only W needs a gradient).
-Memory: bytes autograd keeps for backward (``saved_bytes``, exact, via saved_tensors_hooks).
+Memory: bytes autograd keeps for backward beyond the inputs (``saved_bytes``, exact, via
+saved_tensors_hooks).
 Timing: the providers of one case run interleaved (rep i runs all of them, in rotation), so load
 from other processes on a shared machine hits them alike; the JSON has median and min.
 
@@ -133,12 +134,16 @@ def sp_case(provider, mode, n=SOFTPLUS_N):
     return {"fwd": (None, fwd), "full": (None, full), "bwd": (setup_bwd, bwd)}[mode], (z, g, fn)
 
 
-def saved_bytes(fn_call) -> int:
-    """Bytes autograd keeps alive for backward during fn_call() (deduplicated by storage)."""
+def saved_bytes(fn_call, inputs=()) -> int:
+    """Bytes autograd keeps alive for backward during fn_call(), beyond the inputs themselves
+    (z, W, V, R exist anyway), deduplicated by storage."""
+    skip = {t.untyped_storage().data_ptr() for t in inputs if t is not None}
     seen = {}
 
     def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -156,7 +161,7 @@ def test_ee_head(benchmark, shape_name, gate, provider, mode):
     (setup, run), tensors = ee_case(shape_name, gate, provider, mode)
     z, w, v, r, fn, _ = tensors
     if mode != "fwd":
-        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
+        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r), (z, w, v, r))
     rounds = 3 if EE_SHAPES[shape_name][0] >= 1024 else 20
     if setup is None:
         run()   # warm-up (compiles)
@@ -172,7 +177,7 @@ def test_softplus(benchmark, provider, mode):
     benchmark.group = f"softplus {SOFTPLUS_N} fp32 {mode}"
     (setup, run), (z, g, fn) = sp_case(provider, mode)
     if mode != "fwd":
-        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
+        benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0), (z,))
     if setup is None:
         run()
         benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
@@ -221,7 +226,7 @@ def main(argv=None):
                     cases[provider] = (setup, run)
                     meta[provider] = {}
                     if mode != "fwd":
-                        meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r))
+                        meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r), (z, w, v, r))
                 reps = args.reps if EE_SHAPES[shape_name][0] >= 1024 else 4 * args.reps
                 for provider, (med, mn) in _time_group(cases, reps).items():
                     meta[provider].update(median_s=med, min_s=mn)
@@ -238,7 +243,7 @@ def main(argv=None):
             cases[provider] = (setup, run)
             meta[provider] = {}
             if mode != "fwd":
-                meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0))
+                meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0), (z,))
         for provider, (med, mn) in _time_group(cases, 2 * args.reps).items():
             moved = (2 if mode == "fwd" else 3 if mode == "bwd" else 5) * n * 4
             meta[provider].update(median_s=med, min_s=mn, GBps=moved / med / 1e9)
