@@ -20,9 +20,9 @@
 #endif
 
 // SIMD clones of the functions that hold the hot loops: AVX2(+FMA) and baseline, picked at load time.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define GCONV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#elif defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define GCONV_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define GCONV_SIMD_CLONES
