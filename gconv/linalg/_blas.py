@@ -54,10 +54,15 @@ def mm(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
     return out
 
 
-def _scipy_blas_path():
-    import scipy
-    import os
-    return os.path.dirname(os.path.dirname(scipy.__file__))
+_CTL = None
+
+
+def _controller():
+    global _CTL
+    if _CTL is None:
+        from threadpoolctl import ThreadpoolController
+        _CTL = ThreadpoolController()
+    return _CTL
 
 
 @contextlib.contextmanager
@@ -65,8 +70,7 @@ def quiet_other_pools():
     """Limit NumPy's BLAS pool and torch's intra-op pool to one thread while SciPy's BLAS works."""
     restore = []
     try:
-        from threadpoolctl import ThreadpoolController
-        ctl = ThreadpoolController()
+        ctl = _controller()
         for lib in ctl.lib_controllers:
             fp = getattr(lib, "filepath", "") or ""
             if "scipy.libs" in fp or "scipy/.libs" in fp:

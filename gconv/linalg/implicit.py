@@ -628,6 +628,7 @@ class RowBlocks(ImplicitMatrix):
             raise RuntimeError(f"{self.name}: a one-shot iterator must be materialised first")
         for s, blk in self._iter_raw():
             a = self._to_block(blk, s)
+            check_block_finite(a, s, self.name)
             key = (s, a.shape[0])
             fp = self._fingerprint(a)
             old = self._checksums.setdefault(key, fp)
@@ -645,6 +646,7 @@ class RowBlocks(ImplicitMatrix):
             for j in range(start // b, (stop - 1) // b + 1):
                 s, e = j * b, min((j + 1) * b, self.n)
                 a = self._to_block(self._fn(s, e), s)
+                check_block_finite(a, s, self.name)
                 if a.shape[0] != e - s:
                     raise ValueError(f"{self.name}: fn({s}, {e}) returned {a.shape[0]} rows")
                 fp = self._fingerprint(a)

@@ -84,6 +84,24 @@ def certify_positive_definite(G, *, extra_shift: float = 0.0, memory_budget=None
     return cert
 
 
+def _min_eig_unscaled(store, f, n) -> float:
+    """Estimate λ_min(G) = λ_min(D⁻¹ (L Lᵀ) D⁻¹) by inverse iteration (G⁻¹ = D (L Lᵀ)⁻¹ D)."""
+    dd = np.ldexp(1.0, f)
+    x = np.random.default_rng(0).standard_normal(n)
+    x /= np.linalg.norm(x)
+    lam = 0.0
+    for _ in range(30):
+        y = dd * store.solve_lower_t(store.solve_lower(dd * x, n), n)
+        ny = np.linalg.norm(y)
+        if not np.isfinite(ny) or ny == 0:
+            return 0.0
+        new, x = 1.0 / ny, y / ny
+        if abs(new - lam) <= 1e-3 * new:
+            return new
+        lam = new
+    return lam
+
+
 def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, timings, steps, precision,
                 tighten_margin=None):
     def cert(status, reason, **kw):
@@ -109,13 +127,14 @@ def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, 
         asym2 = _fp.frob_sq_up(L - U) if not np.array_equal(L, U) else Fraction(0)
         del L, U
         d = np.diag(A).copy()
-        zero = np.nonzero(~np.any(A != 0, axis=1))[0]
+        zero = np.nonzero(~np.any(A != 0, axis=1) & ~np.any(A != 0, axis=0))[0]   # row and column i zero
         lam_max_up = _fp.fr(float(_fp.inflate_up(np.abs(A).sum(axis=1), n, 0).max())) + _fp.fr(extra)
     details = {"positive_definite": None, "asymmetry_frobenius": float(_fp.sqrt_up(asym2))}
-    if zero.size and extra == 0 and asym2 == 0:
+    if zero.size and extra == 0:
         steps.append(MethodStep("exact_checks", "zero_row", {"rows": zero[:20].tolist()}))
         details.update(positive_definite=False, rank_upper_bound=n - zero.size)
-        return cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, f"row {zero[0]} of G is exactly zero: G is singular",
+        return cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT,
+                    f"row and column {zero[0]} of G are exactly zero: G (and its symmetric part) is singular",
                     details=details)
     if (d <= 0).any():
         i = int(np.argmin(d))
@@ -127,8 +146,11 @@ def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, 
                                                        " (and the error budget may hide the true value)"),
                     details=details, lambda_max_upper=_fp.round_up(lam_max_up))
     steps.append(MethodStep("exact_checks", "passed", {}))
-    # exact power-of-two scaling: f_i ≈ −log2(G_ii)/2
+    # exact power-of-two scaling D G D, f_i ≈ −log2(G_ii)/2 (per row when the error budget is zero; one
+    # common power of two otherwise, so that D's spread does not multiply the caller's extra_shift)
     f = -np.round(np.log2(d) / 2).astype(np.int64)
+    if extra > 0 or asym2 > 0:
+        f[:] = -int(np.round(np.log2(d.max()) / 2))
     fmax = int(f.max())
 
     pf = np.ldexp(1.0, f)
@@ -147,8 +169,9 @@ def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, 
     dsc = np.ldexp(d, 2 * f)
     two = Fraction(2) ** (2 * fmax)
     eps = (_fp.fr(extra) + _fp.fr(_fp.sqrt_up(asym2)) / 2) * two + n * _ETA
-    c_need = rump_rho_prior(dsc) + eps
-    c = _fp.round_up(shift_factor * c_need)
+    rho0 = rump_rho_prior(dsc)
+    c_need = rho0 + eps
+    c = _fp.round_up(_fp.fr(shift_factor) * rho0 + eps)       # surplus (shift_factor − 1)·ρ = the margin
     store = PackedLower(n, b)
     bar = _progress(total=round(total_flops(n, b) / 1e9, 2), desc=f"certify PD (n={n})", enabled=progress,
                     unit="GFLOP")
@@ -167,22 +190,34 @@ def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, 
         info["rho"] = _fp.round_up(rho)
         if lam_s > 0:
             steps.append(MethodStep("rump_cholesky", "certified", dict(info)))
+            lam = lam_s / two
             if tighten_margin or (tighten_margin is None and n <= 8192):
-                est = min_eig_estimate(store)
-                c2 = _fp.round_up(0.5 * (c + est))
-                if c2 > 4 * c:
+                # refine in the uniformly scaled matrix 2^{2g}·G, shift ≈ half its estimated λ_min
+                g = -int(np.round(np.log2(d.max()) / 2))
+                lam_est = _min_eig_unscaled(store, f, n)
+                c2 = _fp.round_up(0.5 * (lam_est * 2.0 ** (2 * g)))
+                two_u = Fraction(2) ** (2 * g)
+                eps_u = (_fp.fr(extra) + _fp.fr(_fp.sqrt_up(asym2)) / 2) * two_u + n * _ETA
+                if _fp.fr(c2) / two_u > 4 * lam:
                     store.release_all()
                     store = PackedLower(n, b)
+                    pg = 2.0 ** g
+
+                    def panel_u(k):
+                        s_, w_ = k * b, min(b, n - k * b)
+                        with np.errstate(under="ignore", over="ignore"):
+                            t = A[s_:, s_:s_ + w_] * pg
+                            return t * pg
                     with timings.section("cholesky_refine"):
-                        out2 = left_looking_cholesky(store, panel, c2)
+                        out2 = left_looking_cholesky(store, panel_u, c2)
+                    ok = False
                     if out2.success:
-                        lam2 = _fp.fr(c2) - rump_rho(out2.diag_tilde) - eps
-                        if lam2 > lam_s:
-                            lam_s, c = lam2, c2
-                            info.update(shift=c, rho=_fp.round_up(rump_rho(out2.diag_tilde)))
-                    steps.append(MethodStep("margin_refinement", "improved" if out2.success else "failed",
+                        lam2 = (_fp.fr(c2) - rump_rho(out2.diag_tilde) - eps_u) / two_u
+                        if lam2 > lam:
+                            lam, ok = lam2, True
+                            info.update(refined_shift=c2, refined_scaling_exponent=g)
+                    steps.append(MethodStep("margin_refinement", "improved" if ok else "not improved",
                                             {"shift": c2}))
-            lam = lam_s / two
             details.update(positive_definite=True, **info)
             lam_f = _fp.round_down(lam)
             return cert(CertificateStatus.CERTIFIED_FULL_RANK,

@@ -80,6 +80,30 @@ def _abs_rmv_rows(M, y, chunk=2048):
     return _fp.inflate_up(out, nb, 0)
 
 
+def _inverse_iteration(R: np.ndarray, e: np.ndarray, iters: int = 8) -> np.ndarray | None:
+    """x ≈ argmin ‖R x‖/‖x‖ (A_sᵀ = QR ⇒ ‖A_sᵀx‖ = ‖Rx‖); returned as row coefficients of the
+    original matrix, w = 2^{e}·x (for the rigorous σ_min upper bound of :mod:`deficiency`)."""
+    from scipy.linalg import solve_triangular
+    n = R.shape[0]
+    d = np.abs(np.diag(R))
+    if d.max() == 0:
+        return None
+    Rr = R.copy()
+    tiny = d.max() * 2.0 ** -52
+    Rr[np.diag_indices(n)] = np.where(d < tiny, np.where(np.diag(R) < 0, -tiny, tiny), np.diag(R))
+    x = np.random.default_rng(0).standard_normal(n)
+    with np.errstate(all="ignore"):
+        for _ in range(iters):
+            y = solve_triangular(Rr, solve_triangular(Rr, x, trans=1, check_finite=False), check_finite=False)
+            ny = np.linalg.norm(y)
+            if not np.isfinite(ny) or ny == 0:
+                break
+            x = y / ny
+    if not np.isfinite(x).all():
+        return None
+    return x * np.ldexp(1.0, e)
+
+
 def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, timings=None,
              chunk: int = 512) -> dict:
     """Run the QR route; returns a dict with ``certified`` (bool), ``sigma_min_lower`` (float, for the
@@ -98,6 +122,7 @@ def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, ti
     del qr_, tau
     d = np.abs(np.diag(R))
     out["R_diag_ratio"] = float(d.min() / d.max()) if d.max() > 0 else 0.0
+    out["null_vector"] = _inverse_iteration(R, e)
     if d.max() == 0 or d.min() <= 4 * n * _fp.U * d.max():
         out.update(certified=False, reason=f"R from the Householder QR is numerically singular "
                                            f"(min|r_ii| / max|r_ii| = {out['R_diag_ratio']:.1e} ≤ 4·n·u): the matrix "

@@ -73,8 +73,8 @@ def certify_full_row_rank(A, *, memory_budget=None, device=None, checkpoint_dir=
     progress : show progress bars (tqdm).
     method : "auto" (Gram route, then the QR route when memory allows), "gram" or "qr".
     whiten : whiten Khatri–Rao factors by exact triangular transforms (design notes §3(b)).
-    shift_factor : the Cholesky shift is this multiple of the smallest admissible one (ρ + ε + w²);
-        the surplus becomes the certified margin.  On a breakdown the minimal shift is retried once
+    shift_factor : the Cholesky shift is shift_factor·ρ + ε + w² (ρ the a-priori rounding bound, ε the
+        Gram formation error, w the whitening error); the surplus becomes the certified margin.  On a breakdown the minimal shift is retried once
         when the breakdown pivot leaves room for it (``retry``).
     tighten_margin : after a certificate, factor once more with a shift near λ_min/2 (estimated by
         inverse iteration) for a much sharper σ_min lower bound; None = only for n ≤ 8192.
@@ -223,6 +223,9 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
             if need <= limit:
                 with timings.section("qr_route"):
                     qr_info = qr_route(src, stats, progress=progress)
+                    nv = qr_info.pop("null_vector", None)
+                    if not qr_info.get("certified") and nv is not None:
+                        _sigma_upper_into(src, stats, nv, gram_info, qr_info)
                 steps.append(MethodStep("qr_preconditioned_gram", "certified" if qr_info.get("certified")
                                         else "inconclusive", {k: v for k, v in qr_info.items()
                                                               if k not in ("certified",)}))
@@ -241,6 +244,9 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
         if gram_info is not None:
             reason.append(gram_info["reason"])
             det.update(gram_info["details"])
+            if det.get("sigma_min_upper_from") == "qr_inverse_iteration":
+                reason.append(f"σ_min ≤ {det['sigma_min_upper']:.3e} (rigorous, from the QR factor's smallest "
+                              f"singular direction; σ_min/σ_max ≤ {det['sigma_min_upper_relative']:.1e})")
         if qr_info is not None and not qr_info.get("certified"):
             reason.append("QR route: " + qr_info.get("reason", "not certified"))
             det["qr"] = qr_info
@@ -252,6 +258,25 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
     finally:
         for d in tmpdirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _sigma_upper_into(src, stats, w, gram_info, qr_info):
+    """Rigorous σ_min upper bound from the QR route's inverse-iteration vector; keep the smaller one."""
+    try:
+        ub, est = sigma_min_upper(src, w)
+    except Exception as exc:  # diagnostics only
+        qr_info["sigma_min_upper_error"] = repr(exc)
+        return
+    if ub is None:
+        return
+    qr_info["sigma_min_upper"] = _fp.round_up(ub)
+    if gram_info is not None:
+        old = gram_info["details"].get("sigma_min_upper")
+        if old is None or _fp.round_up(ub) < old:
+            smax = _fp.sqrt_up(stats.frob_sq_up)
+            gram_info["details"].update(sigma_min_upper=_fp.round_up(ub), sigma_min_estimate=est,
+                                        sigma_min_upper_relative=_fp.round_up(ub / _fp.fr(smax)) if smax else None,
+                                        sigma_min_upper_from="qr_inverse_iteration")
 
 
 def _engine(src, stats, whiten, ck, plan):
@@ -301,7 +326,9 @@ def _gram_route(src, stats, plan, ck, whiten, shift_factor, retry, progress, ste
             "block": plan.block, "storage": plan.storage, "engine": eng.kind, "engine_seconds": round(t_engine, 3)}
     info.update(eng.details)
     b = plan.block
-    shifts = [_fp.round_up(shift_factor * c_need)]
+    # the surplus (shift_factor − 1)·ρ over the rounding bound is the certified margin; the known error
+    # terms (Gram formation, whitening) are added once
+    shifts = [_fp.round_up(_fp.fr(shift_factor) * rho_prior + eng.eps_form + eng.transfer * eng.transfer)]
     attempt = 0
     outcome = None
     while True:
