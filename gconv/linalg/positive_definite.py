@@ -138,7 +138,7 @@ def _certify_pd(A, n, extra, memory_budget, progress, shift_factor, block_size, 
                     details=details)
     if (d <= 0).any():
         i = int(np.argmin(d))
-        proven = extra == 0 and asym2 == 0
+        proven = extra == 0          # e_iᵀ G e_i = G_ii ≤ 0: the quadratic form is not positive
         steps.append(MethodStep("exact_checks", "nonpositive_diagonal", {"row": i, "value": float(d[i])}))
         details.update(positive_definite=False if proven else None)
         return cert(CertificateStatus.INCONCLUSIVE,
