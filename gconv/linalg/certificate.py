@@ -119,7 +119,7 @@ class RankCertificate:
         return cls.from_dict(json.loads(s))
 
     _RUN_KEYS = frozenset({"timings", "peak_memory_bytes", "seconds", "engine_seconds", "resumed_from_column",
-                           "from_checkpoint", "plan", "checkpoint_dir", "cuda_peak_memory_bytes"})
+                           "from_checkpoint", "plan", "checkpoint_dir", "cuda_peak_memory_bytes", "storage"})
 
     def comparable(self) -> dict:
         """``to_dict()`` without the run-dependent fields (timings, memory, plan, resume bookkeeping):

@@ -168,6 +168,13 @@ def row_prepass(src: ImplicitMatrix, *, bar=None, what="row block") -> RowStats:
     zero = np.zeros(n, dtype=bool)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{src.kind}:{n}x{D}".encode())
+    hash_inputs = isinstance(src, ActivatedFeatures)
+    if hash_inputs:   # the features are a function of (Z, W, b, activation): hash those instead
+        Zf, Wf, bf = src._factors()
+        for t in (Zf, Wf, bf):
+            if t is not None:
+                h.update(t.numpy().tobytes())
+        h.update(f"{src.activation_name}:{src.append_ones}:{src.block_rows}".encode())
     for s, blk in src.row_blocks():
         e_ = s + blk.shape[0]
         check_block_finite(blk, s, what)
@@ -177,21 +184,31 @@ def row_prepass(src: ImplicitMatrix, *, bar=None, what="row block") -> RowStats:
         exps[s:e_] = ex
         ssq[s:e_] = _fp.sumsq_rows_up(sc)
         keys[s:e_] = blk @ probes
-        h.update(keys[s:e_].tobytes())
-        h.update(ex.tobytes())
+        if not hash_inputs:
+            h.update(np.ascontiguousarray(blk).tobytes())     # independent of the block boundaries
         if bar is not None:
             bar.update(blk.shape[0])
     frob = _fp.exact_sum(ssq, exponents=-2 * exps)
     zero_rows = np.nonzero(zero)[0].tolist()
     dups = []
+    if isinstance(src, ActivatedFeatures):
+        # identical inputs z_i = z_j give identical rows [act(z W + b), 1] for any activation
+        Zin = src._factors()[0].numpy()
+        kz = Zin @ rng.standard_normal((Zin.shape[1], 2))
+        for g in _dup_groups(kz):
+            g = g.tolist()
+            for j in g[1:]:
+                if np.array_equal(Zin[j], Zin[g[0]]):
+                    dups.append((g[0], j))
     for g in _dup_groups(keys):
         g = [i for i in g.tolist() if not zero[i]]
         if len(g) < 2:
             continue
         ref = src.rows(g[0], g[0] + 1)[0]
         for j in g[1:]:
-            if np.array_equal(src.rows(j, j + 1)[0], ref):
+            if (g[0], j) not in dups and np.array_equal(src.rows(j, j + 1)[0], ref):
                 dups.append((g[0], j))
+    dups.sort()
     return RowStats(n, D, exps, ssq, frob, zero_rows, dups, h.hexdigest())
 
 

@@ -591,6 +591,10 @@ class RowBlocks(ImplicitMatrix):
     def _discover(self):
         if self._oneshot is not None and self._store is None:
             raise ValueError(f"{self.name}: n and D are unknown for a one-shot iterator; pass n= and D=")
+        if self._fn is not None:          # random access: one row tells D
+            blk = self._fn(0, min(1, self._n))
+            self._D = int(blk.shape[-1])
+            return
         n, D = 0, None
         for s, blk in self._iter_raw():
             shp = tuple(blk.shape)

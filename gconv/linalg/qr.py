@@ -110,11 +110,20 @@ def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, ti
     original matrix), and the numbers behind it."""
     n, D = src.shape
     out = {"method": "qr_preconditioned_gram", "n": n, "D": D}
-    e = stats.exps
-    # 1. A_s (C-order n × D == F-order D × n = A_sᵀ)
+    # 1. A_s (C-order n × D == F-order D × n = A_sᵀ).  One common power of two when it is exact (so the
+    #    σ_min bound does not lose the spread of the row norms), else the per-row exponents.
     As = np.empty((n, D))
+    e = np.full(n, int(np.clip(stats.exps.min(), -1022, 1023)), dtype=np.int64)
     for s, blk in src.row_blocks():
-        As[s:s + blk.shape[0]] = scale_rows(blk, e[s:s + blk.shape[0]])
+        sc = scale_rows(blk, e[s:s + blk.shape[0]])
+        if not np.array_equal(scale_rows(sc, -e[s:s + blk.shape[0]]), blk):
+            e = stats.exps
+            break
+        As[s:s + blk.shape[0]] = sc
+    out["row_scaling"] = "uniform" if np.all(e == e[0]) else "per-row"
+    if out["row_scaling"] == "per-row":
+        for s, blk in src.row_blocks():
+            As[s:s + blk.shape[0]] = scale_rows(blk, e[s:s + blk.shape[0]])
     qr_, tau, _, info = _lapack.dgeqrf(As.T, overwrite_a=1)
     if info != 0:
         raise RuntimeError(f"dgeqrf failed (info={info})")
@@ -170,6 +179,8 @@ def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, ti
                  _cw_norm_sq_up(lambda v: _fp.inflate_up(absT @ v, n, n),
                                 lambda y: _fp.inflate_up(absT.T @ y, n, n), n))
     normT = _fp.fr(_fp.sqrt_up(normT2))
+    if n <= 4096:                                 # ‖T‖₂ itself (|T| can be far larger for a triangular inverse)
+        normT = min(normT, _fp.spectral_norm_upper(T))
     del absT, T, As
     out.update(F_norm_upper=float(_fp.round_up(Fnorm)), T_norm_upper=float(_fp.round_up(normT)),
                gram_P_error=float(_fp.round_up(epsP)))
