@@ -71,11 +71,20 @@ def round_down(q) -> float:
     return f
 
 
+def _isqrt_frac(q: Fraction, up: bool) -> Fraction:
+    """√q bracketed by rationals: ⌊√(p·d)⌋/d ≤ √(p/d) ≤ (⌊√(p·d)⌋ + 1)/d."""
+    p, d = q.numerator, q.denominator
+    r = math.isqrt(p * d)
+    return Fraction(r + (1 if up else 0), d)
+
+
 def sqrt_up(q) -> float:
     """A binary64 number s with s ≥ √q (q ≥ 0)."""
     q = fr(q)
     if q <= 0:
         return 0.0
+    if round_up(q) == math.inf:
+        return round_up(_isqrt_frac(q, True))
     s = math.sqrt(round_up(q))
     while Fraction(s) ** 2 < q:
         s = math.nextafter(s, math.inf)
@@ -87,6 +96,8 @@ def sqrt_down(q) -> float:
     q = fr(q)
     if q <= 0:
         return 0.0
+    if round_up(q) == math.inf:
+        return round_down(_isqrt_frac(q, False))
     s = math.sqrt(round_down(q))
     while s > 0 and Fraction(s) ** 2 > q:
         s = math.nextafter(s, 0.0)

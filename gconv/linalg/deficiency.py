@@ -45,7 +45,16 @@ def sigma_min_upper(src: ImplicitMatrix, w: np.ndarray) -> tuple[Fraction | None
     idx = np.nonzero(w)[0]
     if idx.size == 0 or not np.isfinite(w).all():
         return None, None
+    w = w * 2.0 ** -int(np.frexp(np.abs(w).max())[1])     # exact rescaling: the ratio is scale invariant
     ws = w[idx]
+    with np.errstate(over="raise", invalid="raise"):
+        try:
+            return _sigma_min_upper(src, idx, ws)
+        except (FloatingPointError, OverflowError, ValueError):
+            return None, None
+
+
+def _sigma_min_upper(src, idx, ws):
     k = idx.size
     # ‖w‖₂ from below: fl(Σw²) ≤ (1+γ_k)Σw² + kη
     s = _fp.fr(float(ws @ ws))
@@ -104,6 +113,16 @@ def _exact_rows_zero(mants: list, exps: list, coeffs: list[int]) -> bool:
     return ncol >= 0
 
 
+def _scaled_floats(p: list[int]) -> np.ndarray | None:
+    """p / 2^k as binary64 (one rounding each), k making the largest about 1; None if any underflows."""
+    big = max(abs(v) for v in p)
+    k = big.bit_length()
+    out = np.array([float(Fraction(v, 1) / (Fraction(2) ** k)) for v in p])
+    if any(v != 0 and (x == 0 or abs(x) < 2.0 ** -1000) for v, x in zip(p, out)):
+        return None
+    return out
+
+
 def verify_dependency(src: ImplicitMatrix, idx: list[int], coeffs: list[Fraction]) -> bool:
     """True iff Σ coeffs[t]·row(idx[t]) == 0 exactly (the matrix the certificate is about)."""
     idx = np.asarray(idx, dtype=np.int64)
@@ -111,15 +130,17 @@ def verify_dependency(src: ImplicitMatrix, idx: list[int], coeffs: list[Fraction
     p = [int(c * q) for c in coeffs]
     if all(v == 0 for v in p):
         return False
+    pf = _scaled_floats(p)
     if isinstance(src, KhatriRao):
         S, Z = src.S[idx], src.Z[idx]
-        # quick float filter on Sᵀ diag(p) Z
-        pf = np.array([float(v) for v in p])
-        T = S.T @ (pf[:, None] * Z)
-        bound = _fp.inflate_up(np.abs(S).T @ (np.abs(pf)[:, None] * np.abs(Z)), len(p) + 2, len(p) + 2) * \
-            _fp.round_up(_fp.gamma(len(p) + 2)) * 2 + 1e-300
-        if (np.abs(T) > bound).any():
-            return False
+        # quick float filter on Sᵀ diag(p) Z (skipped when the scaled coefficients are not all normal)
+        if pf is not None:
+            with np.errstate(all="ignore"):
+                T = S.T @ (pf[:, None] * Z)
+                bound = _fp.inflate_up(np.abs(S).T @ (np.abs(pf)[:, None] * np.abs(Z)), len(p) + 3, len(p) + 3) * \
+                    _fp.round_up(_fp.gamma(len(p) + 3)) * 2 + 1e-300
+            if np.isfinite(T).all() and np.isfinite(bound).all() and (np.abs(T) > bound).any():
+                return False
         ms, es = _int_rep(S)
         mz, ez = _int_rep(Z)
         mants = [np.multiply.outer(ms[t].astype(object), mz[t].astype(object)).ravel() for t in range(len(p))]
@@ -128,24 +149,33 @@ def verify_dependency(src: ImplicitMatrix, idx: list[int], coeffs: list[Fraction
     R = _support_rows(src, np.sort(idx))
     order = np.argsort(idx)
     p = [p[t] for t in order]
-    pf = np.array([float(v) for v in p])
-    r = pf @ R
-    bound = _fp.inflate_up(np.abs(pf) @ np.abs(R), len(p) + 2, len(p) + 2) * \
-        _fp.round_up(_fp.gamma(len(p) + 2)) * 2 + 1e-300
-    if (np.abs(r) > bound).any():
-        return False
+    pf = None if pf is None else pf[order]
+    if pf is not None:
+        with np.errstate(all="ignore"):
+            r = pf @ R
+            bound = _fp.inflate_up(np.abs(pf) @ np.abs(R), len(p) + 3, len(p) + 3) * \
+                _fp.round_up(_fp.gamma(len(p) + 3)) * 2 + 1e-300
+        if np.isfinite(r).all() and np.isfinite(bound).all() and (np.abs(r) > bound).any():
+            return False
     m, e = _int_rep(R)
     return _exact_rows_zero([m[t] for t in range(len(p))], [e[t] for t in range(len(p))], p)
 
 
-def _rationalise(c: float, denominators=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 32, 64, 100, 128, 256, 1000, 1024,
-                                         4096, 65536, 2 ** 20)):
-    seen = []
-    for d in denominators:
-        f = Fraction(c).limit_denominator(d)
-        if f not in seen:
-            seen.append(f)
-    return seen
+_DENOMS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 32, 64, 100, 128, 256, 1000, 1024, 4096, 65536, 2 ** 20)
+
+
+def _rational_candidates(cs: np.ndarray):
+    """Coefficient vectors to try, in order: for each denominator bound d, every coefficient as the
+    nearest fraction with denominator ≤ d, and as such a fraction times its power of two; finally
+    the binary64 values themselves."""
+    cs = [float(x) for x in cs]
+    if not all(math.isfinite(x) for x in cs):
+        return
+    p2 = [Fraction(2) ** (int(np.frexp(x)[1]) if x != 0 else 0) for x in cs]
+    for d in _DENOMS:
+        yield tuple(Fraction(x).limit_denominator(d) for x in cs)
+        yield tuple((Fraction(x) / q).limit_denominator(d) * q for x, q in zip(cs, p2))
+    yield tuple(Fraction(x) for x in cs)
 
 
 def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_support: int = 48,
@@ -158,8 +188,11 @@ def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_sup
     w = np.asarray(w, dtype=np.float64)
     if not np.isfinite(w).all() or w[j] == 0:
         return None
-    c = -w / w[j]                       # row_j = Σ_{i≠j} c_i row_i  (c_j = −1 → 1 here, dropped)
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = -w / w[j]                   # row_j = Σ_{i≠j} c_i row_i  (c_j = −1 → 1 here, dropped)
     c[j] = 0.0
+    if not np.isfinite(c).all():
+        return None
     cmax = np.abs(c).max()
     if cmax == 0:
         return None
@@ -183,9 +216,7 @@ def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_sup
         except (np.linalg.LinAlgError, MemoryError, ValueError):
             alpha = c[sup]
         for base in (alpha, c[sup]):
-            options = [_rationalise(float(a)) for a in base]
-            for level in range(max(len(o) for o in options)):
-                coeffs = [o[min(level, len(o) - 1)] for o in options]
+            for coeffs in _rational_candidates(base):
                 cands.append((sup, coeffs))
     tried = set()
     n_tr = 0
@@ -211,8 +242,11 @@ def refit_null_vector(src: ImplicitMatrix, w: np.ndarray, j: int, max_support: i
     w = np.asarray(w, dtype=np.float64)
     if w[j] == 0 or not np.isfinite(w).all():
         return None
-    c = -w / w[j]
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = -w / w[j]
     c[j] = 0.0
+    if not np.isfinite(c).all():
+        return None
     sup = np.nonzero(np.abs(c) > 1e-12 * max(np.abs(c).max(), 1e-300))[0]
     if sup.size == 0 or sup.size > max_support or sup.size * src.D * 8 > (256 << 20):
         return None

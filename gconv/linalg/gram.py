@@ -183,7 +183,7 @@ def row_prepass(src: ImplicitMatrix, *, bar=None, what="row block") -> RowStats:
         sc = scale_rows(blk, ex)
         exps[s:e_] = ex
         ssq[s:e_] = _fp.sumsq_rows_up(sc)
-        keys[s:e_] = blk @ probes
+        keys[s:e_] = (sc * _first_sign(sc)[:, None]) @ probes   # equal for rows equal up to ±2^k
         if not hash_inputs:
             h.update(np.ascontiguousarray(blk).tobytes())     # independent of the block boundaries
         if bar is not None:
@@ -199,17 +199,34 @@ def row_prepass(src: ImplicitMatrix, *, bar=None, what="row block") -> RowStats:
             g = g.tolist()
             for j in g[1:]:
                 if np.array_equal(Zin[j], Zin[g[0]]):
-                    dups.append((g[0], j))
+                    dups.append((g[0], j, "1"))
     for g in _dup_groups(keys):
         g = [i for i in g.tolist() if not zero[i]]
         if len(g) < 2:
             continue
-        ref = src.rows(g[0], g[0] + 1)[0]
+        i0 = g[0]
+        r0 = src.rows(i0, i0 + 1)
+        n0 = scale_rows(r0, exps[i0:i0 + 1])[0]
+        n0 = n0 * _first_sign(n0[None])[0]
         for j in g[1:]:
-            if (g[0], j) not in dups and np.array_equal(src.rows(j, j + 1)[0], ref):
-                dups.append((g[0], j))
-    dups.sort()
+            rj = src.rows(j, j + 1)
+            nj = scale_rows(rj, exps[j:j + 1])[0]
+            sj = _first_sign(nj[None])[0]
+            if np.array_equal(nj * sj, n0) and not any(p[:2] == (i0, j) for p in dups):
+                # row_j = (s_0 s_j)·2^{e_0 − e_j}·row_0 exactly
+                f = Fraction(int(sj * _first_sign(scale_rows(r0, exps[i0:i0 + 1]))[0])) * \
+                    Fraction(2) ** int(exps[i0] - exps[j])
+                dups.append((i0, j, str(f)))
+    dups = sorted(((p[0], p[1], p[2] if len(p) > 2 else "1") for p in dups))
     return RowStats(n, D, exps, ssq, frob, zero_rows, dups, h.hexdigest())
+
+
+def _first_sign(A: np.ndarray) -> np.ndarray:
+    """Sign of the first nonzero entry of each row (1 for zero rows)."""
+    nz = A != 0
+    first = np.argmax(nz, axis=1)
+    v = A[np.arange(A.shape[0]), first]
+    return np.where(v < 0, -1.0, 1.0)
 
 
 def khatri_rao_prepass(kr: KhatriRao) -> RowStats:
@@ -218,24 +235,30 @@ def khatri_rao_prepass(kr: KhatriRao) -> RowStats:
     check_block_finite(Z, 0, "KhatriRao: Z")
     n = kr.n
     zero = (~np.any(S != 0, axis=1)) | (~np.any(Z != 0, axis=1))
+    es, ez = row_exponents(S), row_exponents(Z)
+    Sn, Zn = scale_rows(S, es), scale_rows(Z, ez)
+    sgS, sgZ = _first_sign(Sn), _first_sign(Zn)
+    Sn, Zn = Sn * sgS[:, None], Zn * sgZ[:, None]            # s_i ⊗ z_i = ±2^{−e}·(Sn_i ⊗ Zn_i)
     rng = np.random.default_rng(20240917)
-    keys = np.concatenate([S @ rng.standard_normal((kr.mS, 2)), Z @ rng.standard_normal((kr.mZ, 2))], axis=1)
+    keys = np.concatenate([Sn @ rng.standard_normal((kr.mS, 2)), Zn @ rng.standard_normal((kr.mZ, 2))], axis=1)
     dups = []
     for g in _dup_groups(keys):
         g = [i for i in g.tolist() if not zero[i]]
+        i0 = g[0] if g else None
         for j in g[1:]:
-            if np.array_equal(S[j], S[g[0]]) and np.array_equal(Z[j], Z[g[0]]):
-                dups.append((g[0], j))
+            if np.array_equal(Sn[j], Sn[i0]) and np.array_equal(Zn[j], Zn[i0]):
+                f = Fraction(int(sgS[i0] * sgZ[i0] * sgS[j] * sgZ[j])) * \
+                    Fraction(2) ** int(es[i0] + ez[i0] - es[j] - ez[j])
+                dups.append((i0, j, str(f)))
     h = hashlib.blake2b(digest_size=16)
     h.update(f"khatri_rao:{S.shape}:{Z.shape}".encode())
     h.update(np.ascontiguousarray(S).tobytes())
     h.update(np.ascontiguousarray(Z).tobytes())
-    es, ez = row_exponents(S), row_exponents(Z)
     ns = _fp.sumsq_rows_up(scale_rows(S, es))
     nzz = _fp.sumsq_rows_up(scale_rows(Z, ez))
     prod = _fp.mul_up(ns, nzz)
     frob = _fp.exact_sum(prod, exponents=-2 * (es + ez))
-    return RowStats(n, kr.D, es + ez, prod, frob, np.nonzero(zero)[0].tolist(), dups, h.hexdigest())
+    return RowStats(n, kr.D, es + ez, prod, frob, np.nonzero(zero)[0].tolist(), sorted(dups), h.hexdigest())
 
 
 # ---------------------------------------------------------------- whitening (design notes §3(b))

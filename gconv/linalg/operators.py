@@ -24,8 +24,16 @@ class OperatorMatrix(ImplicitMatrix):
         self.block_rows = 64
         dt = getattr(op, "dtype", None)
         self.source_dtype = str(dt).replace("torch.", "") if dt is not None else "float64"
-        self._torch_io = None
         self._device = getattr(op, "device", None)
+        # torch in/out when the operator declares a torch dtype / device; numpy for scipy operators;
+        # otherwise found out on the first call
+        from scipy.sparse.linalg import LinearOperator
+        if isinstance(dt, torch.dtype) or isinstance(self._device, torch.device):
+            self._torch_io = True
+        elif isinstance(op, LinearOperator):
+            self._torch_io = False
+        else:
+            self._torch_io = None
 
     def _call(self, fn_names, v):
         for nm in fn_names:
@@ -39,7 +47,7 @@ class OperatorMatrix(ImplicitMatrix):
                 r = fn(v)
                 self._torch_io = False
                 return _np64(r, self.name)
-            except (TypeError, AttributeError, RuntimeError):
+            except Exception:  # noqa: BLE001 — the operator rejected numpy input: try torch tensors
                 self._torch_io = True
         if self._torch_io:
             t = torch.from_numpy(np.ascontiguousarray(v))

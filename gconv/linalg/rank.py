@@ -185,12 +185,17 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
                                                                       rank_upper_bound=n - len(stats.zero_rows)),
                          **base)
         if stats.duplicates:
-            i, j = stats.duplicates[0]
-            ndup = len({b for _, b in stats.duplicates})
-            steps.append(MethodStep("exact_checks", "identical_rows", {"pairs": stats.duplicates[:20]}))
+            i, j, f = stats.duplicates[0]
+            ndup = len({p[1] for p in stats.duplicates})
+            ident = [[p[0], p[1]] for p in stats.duplicates if p[2] == "1"]
+            prop = [[p[0], p[1], p[2]] for p in stats.duplicates if p[2] != "1"]
+            steps.append(MethodStep("exact_checks", "identical_rows" if ident else "proportional_rows",
+                                    {"pairs": [list(p) for p in stats.duplicates[:20]]}))
+            what = (f"rows {i} and {j} are identical" if f == "1" else
+                    f"row {j} = ({f})·row {i} exactly (a power-of-two multiple)")
             return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
-                         f"rows {i} and {j} are identical ({ndup} repeated row(s)): rank ≤ {n - ndup} < n",
-                         details=dict(details, identical_rows=[list(p) for p in stats.duplicates[:100]],
+                         f"{what} ({ndup} repeated row(s)): rank ≤ {n - ndup} < n",
+                         details=dict(details, identical_rows=ident[:100], proportional_rows=prop[:100],
                                       rank_upper_bound=n - ndup), **base)
         steps.append(MethodStep("exact_checks", "passed", {"fingerprint": stats.fingerprint}))
 

@@ -51,7 +51,7 @@ def test_duplicated_row_family(rng):
     for name, src in as_sources(A).items():
         c = cert(src)
         assert c.status == DEF, name
-        assert c.details["identical_rows"][0] == [13, 97] and c.details["rank_upper_bound"] == 119
+        assert c.details["identical_rows"][0] == [13, 97] and c.details["rank_upper_bound"] == 119, name
 
 
 def test_exact_combination_row_is_proven_deficient(rng):
