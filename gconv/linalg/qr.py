@@ -101,7 +101,9 @@ def _inverse_iteration(R: np.ndarray, e: np.ndarray, iters: int = 8) -> np.ndarr
             x = y / ny
     if not np.isfinite(x).all():
         return None
-    return x * np.ldexp(1.0, e)
+    with np.errstate(over="ignore"):
+        w = x * np.ldexp(1.0, e)
+    return w if np.isfinite(w).all() else None
 
 
 def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, timings=None,

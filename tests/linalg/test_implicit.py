@@ -163,7 +163,7 @@ def test_prepass_finds_zero_and_identical_rows_and_names_bad_block(rng):
     A[21] = -0.0 * A[7] + A[7]                          # equal as real vectors
     st = row_prepass(L.DenseMatrix(A))
     assert st.zero_rows == [4]
-    assert (7, 20) in st.duplicates and (7, 21) in st.duplicates
+    assert (7, 20, "1") in st.duplicates and (7, 21, "1") in st.duplicates
     A[25, 3] = np.inf
     src = L.RowBlocks(lambda s, e: A[s:e], n=30, block_rows=8)
     with pytest.raises(ValueError, match=r"rows 24–29 contains Inf \(first at row 25, column 3\)"):
