@@ -39,7 +39,7 @@ from gconv.linalg.plan import MemoryBudgetError, PeakMemory, make_plan, resolve_
 from gconv.linalg.qr import qr_route, qr_route_bytes
 from gconv.linalg.storage import PackedLower
 
-_METHODS = ("auto", "gram", "qr")
+_METHODS = ("auto", "gram", "qr", "dense")
 
 
 def _precision(src: ImplicitMatrix) -> str:
@@ -126,10 +126,18 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
                      f"n = {n} rows > D = {D} columns: rank ≤ D < n", details=dict(details, rank_upper_bound=D))
     steps.append(MethodStep("shape", "ok", {"n": n, "D": D}))
 
-    if dev.startswith("cuda"):
-        from gconv.linalg.gpu import certify_gpu
-        return certify_gpu(src, n, D, dev, memory_budget=memory_budget, progress=progress, whiten=whiten,
-                           shift_factor=shift_factor, timings=timings, steps=steps, precision=precision)
+    if dev.startswith("cuda") or method == "dense":
+        from gconv.linalg.gpu import certify_dense_device
+        if method not in ("auto", "dense"):
+            raise ValueError(f"method={method!r} is not available on {dev}; the device route is method='dense'")
+        if checkpoint_dir is not None:
+            details["checkpoint_dir_note"] = "the dense device route does not checkpoint (one factorisation)"
+
+        def verdict(stats, det, base):
+            return _exact_verdict(stats, n, D, steps, precision, det, base)
+        return certify_dense_device(src, n, D, dev, memory_budget=memory_budget, progress=progress, whiten=whiten,
+                                    shift_factor=shift_factor, timings=timings, steps=steps, precision=precision,
+                                    exact_verdict=verdict, tighten_margin=tighten_margin)
 
     # ---------------------------------------------------------------- plan (before any work)
     ck = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
@@ -176,27 +184,9 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
                 cert = RankCertificate.from_dict(done)
                 cert.details["from_checkpoint"] = True
                 return cert
-        if stats.zero_rows:
-            i = stats.zero_rows[0]
-            steps.append(MethodStep("exact_checks", "zero_row", {"rows": stats.zero_rows[:20]}))
-            return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
-                         f"row {i} is exactly zero ({len(stats.zero_rows)} zero row(s)): rank ≤ "
-                         f"{n - len(stats.zero_rows)} < n", details=dict(details, zero_rows=stats.zero_rows[:100],
-                                                                      rank_upper_bound=n - len(stats.zero_rows)),
-                         **base)
-        if stats.duplicates:
-            i, j, f = stats.duplicates[0]
-            ndup = len({p[1] for p in stats.duplicates})
-            ident = [[p[0], p[1]] for p in stats.duplicates if p[2] == "1"]
-            prop = [[p[0], p[1], p[2]] for p in stats.duplicates if p[2] != "1"]
-            steps.append(MethodStep("exact_checks", "identical_rows" if ident else "proportional_rows",
-                                    {"pairs": [list(p) for p in stats.duplicates[:20]]}))
-            what = (f"rows {i} and {j} are identical" if f == "1" else
-                    f"row {j} = ({f})·row {i} exactly (a power-of-two multiple)")
-            return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
-                         f"{what} ({ndup} repeated row(s)): rank ≤ {n - ndup} < n",
-                         details=dict(details, identical_rows=ident[:100], proportional_rows=prop[:100],
-                                      rank_upper_bound=n - ndup), **base)
+        v = _exact_verdict(stats, n, D, steps, precision, details, base)
+        if v is not None:
+            return v
         steps.append(MethodStep("exact_checks", "passed", {"fingerprint": stats.fingerprint}))
 
         gram_info = None
@@ -263,6 +253,32 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
     finally:
         for d in tmpdirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _exact_verdict(stats, n, D, steps, precision, details, base):
+    """CERTIFIED_RANK_DEFICIENT from the pre-pass (zero rows, rows equal up to ±2^k), else None."""
+    if stats.zero_rows:
+        i = stats.zero_rows[0]
+        steps.append(MethodStep("exact_checks", "zero_row", {"rows": stats.zero_rows[:20]}))
+        return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
+                     f"row {i} is exactly zero ({len(stats.zero_rows)} zero row(s)): rank ≤ "
+                     f"{n - len(stats.zero_rows)} < n", details=dict(details, zero_rows=stats.zero_rows[:100],
+                                                                  rank_upper_bound=n - len(stats.zero_rows)),
+                     **base)
+    if stats.duplicates:
+        i, j, f = stats.duplicates[0]
+        ndup = len({p[1] for p in stats.duplicates})
+        ident = [[p[0], p[1]] for p in stats.duplicates if p[2] == "1"]
+        prop = [[p[0], p[1], p[2]] for p in stats.duplicates if p[2] != "1"]
+        steps.append(MethodStep("exact_checks", "identical_rows" if ident else "proportional_rows",
+                                {"pairs": [list(p) for p in stats.duplicates[:20]]}))
+        what = (f"rows {i} and {j} are identical" if f == "1" else
+                f"row {j} = ({f})·row {i} exactly (a power-of-two multiple)")
+        return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
+                     f"{what} ({ndup} repeated row(s)): rank ≤ {n - ndup} < n",
+                     details=dict(details, identical_rows=ident[:100], proportional_rows=prop[:100],
+                                  rank_upper_bound=n - ndup), **base)
+    return None
 
 
 def _sigma_upper_into(src, stats, w, gram_info, qr_info):
