@@ -401,6 +401,14 @@ def _gram_route(src, stats, plan, ck, whiten, shift_factor, retry, progress, ste
                 return {"status": "inconclusive", "details": info, "w": None, "failed_column": None,
                         "reason": f"the margin √λ ≥ {_fmt(sig_rows)} does not exceed the whitening error "
                                   f"{_fmt(eng.transfer)}"}
+            if not (tighten_margin is None and n <= 8192 or tighten_margin) and plan.storage == "ram":
+                # no second factorisation: report an *estimate* of λ_min (inverse iteration with the factor)
+                t_e = time.perf_counter()
+                est = min_eig_estimate(store, iters=10)
+                info.update(lambda_min_estimate_scaled=float(c + est), margin_estimate=float((c + est) / c),
+                            estimate_seconds=round(time.perf_counter() - t_e, 3),
+                            note="lambda_min_estimate_scaled and margin_estimate are estimates (inverse iteration), "
+                                 "not bounds; the certified bound is lambda_min_lower_scaled")
             steps.append(MethodStep("gram_cholesky", "certified", dict(step, **info)))
             if tighten_margin is None and n <= 8192 or tighten_margin:
                 lam2, c2, note = _tighten(store, eng, c, plan, progress)
