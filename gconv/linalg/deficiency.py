@@ -236,7 +236,7 @@ def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_sup
     return None
 
 
-def refit_null_vector(src: ImplicitMatrix, w: np.ndarray, j: int, max_support: int = 2000) -> np.ndarray | None:
+def refit_null_vector(src: ImplicitMatrix, w: np.ndarray, j: int, max_support: int = 256) -> np.ndarray | None:
     """Least-squares refit of row j on the rows where the candidate w is not negligible: a sharper
     approximate null vector (for the σ_min upper bound)."""
     w = np.asarray(w, dtype=np.float64)
@@ -254,7 +254,8 @@ def refit_null_vector(src: ImplicitMatrix, w: np.ndarray, j: int, max_support: i
     try:
         Rs = _support_rows(src, sup)
         rj = src.rows(j, j + 1)[0]
-        alpha = np.linalg.lstsq(Rs.T, rj, rcond=None)[0]
+        import scipy.linalg as sl
+        alpha = sl.lstsq(Rs.T, rj, lapack_driver="gelsy", check_finite=False)[0]
     except (np.linalg.LinAlgError, ValueError, MemoryError):
         return None
     out = np.zeros_like(w)

@@ -181,7 +181,7 @@ def qr_route(src: ImplicitMatrix, stats: RowStats, *, progress: bool = False, ti
                  _cw_norm_sq_up(lambda v: _fp.inflate_up(absT @ v, n, n),
                                 lambda y: _fp.inflate_up(absT.T @ y, n, n), n))
     normT = _fp.fr(_fp.sqrt_up(normT2))
-    if n <= 4096:                                 # ‖T‖₂ itself (|T| can be far larger for a triangular inverse)
+    if n <= 2048:                                 # ‖T‖₂ itself (|T| can be far larger for a triangular inverse)
         normT = min(normT, _fp.spectral_norm_upper(T))
     del absT, T, As
     out.update(F_norm_upper=float(_fp.round_up(Fnorm)), T_norm_upper=float(_fp.round_up(normT)),
