@@ -29,6 +29,7 @@ from gconv.linalg.cholesky import rump_rho_prior
 from gconv.linalg.gram import KhatriRaoGram, RowsGram, khatri_rao_prepass, row_prepass
 from gconv.linalg.implicit import DenseMatrix, KhatriRao
 from gconv.linalg.plan import MemoryBudgetError
+from gconv.linalg.qr_device import qr_route_device, qr_route_device_bytes
 from gconv.linalg.triton_gram import hadamard_gram
 
 _ETA = Fraction(1, 2 ** 1074)
@@ -152,6 +153,18 @@ def _factor_and_verify(dg, n, B, c, potrf, device, sync, timings, bar, eng, want
     return 0, lam, resid, est
 
 
+def _try_qr(src, stats, n, D, device, limit, timings, steps):
+    if qr_route_device_bytes(n, D) > limit:
+        steps.append(MethodStep("qr_preconditioned_gram_device", "skipped",
+                                {"needs_bytes": qr_route_device_bytes(n, D), "limit_bytes": limit}))
+        return None
+    with timings.section("qr_route", sync_device=device if device.type == "cuda" else None):
+        qr = qr_route_device(src, stats, device)
+    steps.append(MethodStep("qr_preconditioned_gram_device", "certified" if qr.get("certified") else "inconclusive",
+                            {k: v for k, v in qr.items() if k != "certified"}))
+    return qr
+
+
 def certify_dense_device(src, n, D, dev, *, memory_budget, progress, whiten, shift_factor, timings, steps,
                          precision, exact_verdict, tighten_margin=None) -> RankCertificate:
     device = torch.device(dev)
@@ -162,6 +175,7 @@ def certify_dense_device(src, n, D, dev, *, memory_budget, progress, whiten, shi
     verdict = exact_verdict(stats, details, base)
     if verdict is not None:
         return verdict
+    steps.append(MethodStep("exact_checks", "passed", {"fingerprint": stats.fingerprint}))
     potrf = _native_potrf() if device.type == "cuda" else None
     copies = 1 if potrf is not None else 2
     B = 4096 if device.type == "cuda" else 256
@@ -194,11 +208,25 @@ def certify_dense_device(src, n, D, dev, *, memory_budget, progress, whiten, shi
     if status != 0:
         j = status - 1
         steps.append(MethodStep("dense_device_cholesky", "breakdown", dict(info, failed_column=j)))
+        reason = (f"the Cholesky of the float64 Gram shifted by {c:.3e} (the rounding-error level) broke down at "
+                  f"row {j}: λ_min of the scaled Gram is at or below what float64 can certify")
+        qr = _try_qr(src, stats, n, D, device, limit, timings, steps)
+        if qr is not None and qr.get("certified"):
+            return RankCertificate(status=CertificateStatus.CERTIFIED_FULL_RANK, n=n, D=D, rank=n,
+                                   sigma_min_lower=qr["sigma_min_lower"], methods=list(steps), precision=precision,
+                                   details=dict(details, **info, failed_column=j, qr=qr), **base,
+                                   reason=f"QR route on {device}: Householder-preconditioned Gram certified "
+                                          f"(gershgorin); σ_min ≥ {qr['sigma_min_lower']:.3e}")
+        if qr is not None:
+            reason += "; QR route: " + qr.get("reason", "not certified")
+        else:
+            reason += (f"; the QR route (which does not square the condition number) needs "
+                       f"{format_bytes(qr_route_device_bytes(n, D))} on {device}, over the limit {format_bytes(limit)}")
         return RankCertificate(status=CertificateStatus.INCONCLUSIVE, n=n, D=D, methods=list(steps),
-                               precision=precision, details=dict(details, **info, failed_column=j),
-                               reason=f"the Cholesky of the float64 Gram shifted by {c:.3e} (the rounding-error level) "
-                                      f"broke down at row {j}: λ_min of the scaled Gram is at or below what float64 "
-                                      "can certify (run on CPU for a null vector and a σ_min upper bound)", **base)
+                               precision=precision, details=dict(details, **info, failed_column=j,
+                                                                 **({"qr": qr} if qr else {})),
+                               reason=reason + " (run on CPU for a null vector and a rigorous σ_min upper bound)",
+                               **base)
     info.update(residual_bound=float(_fp.round_up(resid)), lambda_min_lower_scaled=float(_fp.round_down(lam)))
     if tighten_margin and lam > 0 and lam_est is not None:
         c2 = _fp.round_up(0.5 * (c + lam_est))

@@ -147,10 +147,6 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
                      block_size=block_size, block_multiple=getattr(src, "block_rows", 1)
                      if isinstance(src, ActivatedFeatures) else 1)
     details["plan"] = plan.to_dict()
-    if ck is not None:
-        done = ck.load_json("certificate.json")
-        if done is not None and ck.manifest is not None:
-            pass  # verified against the fingerprint below, after the pre-pass
     tmpdirs = []
     try:
         # ------------------------------------------------------------ materialise one-shot row sources

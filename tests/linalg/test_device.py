@@ -32,6 +32,19 @@ def test_dense_route_on_cpu_tensors(rng):
     assert c.status == "INCONCLUSIVE" and c.details["failed_column"] == 300
 
 
+def test_dense_route_falls_back_to_the_device_qr_route(rng):
+    U, _ = np.linalg.qr(rng.standard_normal((120, 120)))
+    V, _ = np.linalg.qr(rng.standard_normal((180, 120)))
+    A = (U * np.logspace(0, -10, 120)) @ V.T                      # σ_min = 1e-10·σ_max: the Gram route fails
+    c = L.certify_full_row_rank(torch.from_numpy(A), method="dense", progress=False)
+    steps = [(m.method, m.outcome) for m in c.methods]
+    assert ("dense_device_cholesky", "breakdown") in steps and ("qr_preconditioned_gram_device", "certified") in steps
+    assert c.status == "CERTIFIED_FULL_RANK" and 0.3e-10 < c.sigma_min_lower <= np.linalg.svd(A, compute_uv=False)[-1]
+    B = A.copy()
+    B[50] = 0.3 * B[1] + 0.7 * B[2]
+    assert L.certify_full_row_rank(torch.from_numpy(B), method="dense", progress=False).status == "INCONCLUSIVE"
+
+
 def test_hadamard_gram_reference_dispatch(rng):
     X, Y = torch.from_numpy(rng.standard_normal((50, 3))), torch.from_numpy(rng.standard_normal((50, 7)))
     P = hadamard_gram(X, Y, 10, 10, 16)
