@@ -25,7 +25,7 @@ from gconv._utils import check_finite, parse_bytes
 from gconv.linalg import _fp
 from gconv.linalg.certificate import ColumnSpaceResult, ColumnSpaceStatus
 from gconv.linalg.implicit import DenseMatrix, ImplicitMatrix, as_implicit
-from gconv.linalg.operators import OperatorMatrix, Transposed
+from gconv.linalg.operators import OperatorMatrix
 
 _ETA = Fraction(1, 2 ** 1074)
 _NUM_RTOL = 1e-6

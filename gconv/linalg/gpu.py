@@ -16,7 +16,6 @@ tested on a machine without a GPU.
 from __future__ import annotations
 
 import math
-import time
 from fractions import Fraction
 
 import numpy as np

@@ -28,8 +28,7 @@ from scipy.linalg import lapack as _lapack
 
 from gconv.linalg import _fp
 from gconv.linalg._blas import mm, mm_nt
-from gconv.linalg.implicit import (ActivatedFeatures, DenseMatrix, ImplicitMatrix, KhatriRao, RowBlocks,
-                                   check_block_finite)
+from gconv.linalg.implicit import ActivatedFeatures, ImplicitMatrix, KhatriRao, check_block_finite
 from gconv.linalg.storage import read_rows
 
 _ETA = Fraction(1, 2 ** 1074)

@@ -19,7 +19,6 @@ evaluated in fixed blocks and checked bit for bit on every re-evaluation); for d
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from typing import Callable, Iterator

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import shutil
 import threading
-import time
 
 from gconv._utils import available_memory, current_rss_bytes, format_bytes, parse_bytes, peak_rss_bytes
 from gconv.linalg.implicit import ActivatedFeatures, DenseMatrix, ImplicitMatrix, KhatriRao, RowBlocks

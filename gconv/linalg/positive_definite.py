@@ -17,8 +17,8 @@ from gconv._utils import Timings, available_memory, format_bytes, parse_bytes, p
 from gconv.linalg import _fp
 from gconv.linalg._blas import quiet_other_pools
 from gconv.linalg.certificate import CertificateStatus, MethodStep, RankCertificate
-from gconv.linalg.cholesky import (factor_flops, left_looking_cholesky, min_eig_estimate, null_vector_candidate,
-                                   pick_block, rump_rho, rump_rho_prior, total_flops)
+from gconv.linalg.cholesky import (factor_flops, left_looking_cholesky, null_vector_candidate, pick_block, rump_rho,
+                                   rump_rho_prior, total_flops)
 from gconv.linalg.plan import MemoryBudgetError, PeakMemory
 from gconv.linalg.storage import PackedLower
 

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 
-from gconv._utils import format_bytes, progress as _progress
+from gconv._utils import progress as _progress
 from gconv.linalg import _fp
 from gconv.linalg.cholesky import left_looking_cholesky, pick_block, rump_rho, rump_rho_prior
 from gconv.linalg.gram import RowStats, scale_rows

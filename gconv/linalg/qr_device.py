@@ -10,7 +10,6 @@ Memory: A_s, its QR (torch allocates the factor), R / T and G̃_P — about n·D
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np

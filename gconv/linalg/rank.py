@@ -17,7 +17,6 @@ Method chain (each step recorded in ``RankCertificate.methods``):
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -35,7 +34,7 @@ from gconv.linalg.cholesky import (FactorCheckpoint, factor_flops, left_looking_
 from gconv.linalg.deficiency import find_exact_dependency, refit_null_vector, sigma_min_upper
 from gconv.linalg.gram import KhatriRaoGram, RowStore, RowsGram, khatri_rao_prepass, row_prepass
 from gconv.linalg.implicit import ActivatedFeatures, ImplicitMatrix, KhatriRao, RowBlocks, as_implicit
-from gconv.linalg.plan import MemoryBudgetError, PeakMemory, make_plan, resolve_device
+from gconv.linalg.plan import PeakMemory, make_plan, resolve_device
 from gconv.linalg.qr import qr_route, qr_route_bytes
 from gconv.linalg.storage import PackedLower
 
