@@ -13,6 +13,10 @@ Method chain (each step recorded in ``RankCertificate.methods``):
 4. **QR route** (:mod:`gconv.linalg.qr`) when the Gram route is inconclusive and the matrix fits the
    memory budget: does not square the condition number.
 5. Otherwise ``INCONCLUSIVE`` with the numbers.
+
+On a CUDA device (or with ``method="dense"``) steps 3–4 are the dense device route of
+:mod:`gconv.linalg.gpu`: the whole Gram in device memory, an in-place Cholesky verified a posteriori,
+and the device QR route on breakdown.
 """
 from __future__ import annotations
 
@@ -70,7 +74,8 @@ def certify_full_row_rank(A, *, memory_budget=None, device=None, checkpoint_dir=
     checkpoint_dir : a directory for finished block columns; rerunning after a kill resumes there and
         returns the identical certificate (a finished directory returns its certificate at once).
     progress : show progress bars (tqdm).
-    method : "auto" (Gram route, then the QR route when memory allows), "gram" or "qr".
+    method : "auto" (Gram route, then the QR route when memory allows), "gram", "qr", or "dense" (the
+        whole Gram in device memory — the GPU route; the default on CUDA).
     whiten : whiten Khatri–Rao factors by exact triangular transforms (design notes §3(b)).
     shift_factor : the Cholesky shift is shift_factor·ρ + ε + w² (ρ the a-priori rounding bound, ε the
         Gram formation error, w the whitening error); the surplus becomes the certified margin.  On a breakdown the minimal shift is retried once
@@ -370,6 +375,8 @@ def _gram_route(src, stats, plan, ck, whiten, shift_factor, retry, progress, ste
         tot = total_flops(n, b, eng.flops_per_entry)
         bar = _progress(total=round(tot / 1e9, 1), desc=f"certify: Gram+Cholesky (n={n})", enabled=progress,
                         unit="GFLOP")
+        if hasattr(bar, "bar_format"):
+            bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} GFLOP [{elapsed}<{remaining}]"
         if start:
             bar.update(round(sum(flops(k) for k in range(start)) / 1e9, 1))
         try:
