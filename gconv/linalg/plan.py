@@ -63,6 +63,9 @@ def _gram_components(src: ImplicitMatrix, n: int, D: int, b: int, storage: str, 
         if materialise == "ram":
             c["stored_rows"] = 8 * n * D
     c["vectors"] = 8 * n * 16 + 8 * b * b * 2
+    # OpenBLAS packs GEMM operands in per-thread buffers (touched pages count in the RSS), plus lazily
+    # imported code: a fixed allowance
+    c["blas_workspace_and_overhead"] = 24 << 20
     return c
 
 

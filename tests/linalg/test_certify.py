@@ -239,16 +239,16 @@ print(json.dumps({"status": c.status.value, "peak": c.peak_memory_bytes, "plan":
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", ["12MiB", "40MiB"])
-def test_memory_budget_is_respected(tmp_path, budget):
+@pytest.mark.parametrize("n,budget,storage", [(1600, "48MiB", "ram"), (3000, "48MiB", "disk")])
+def test_memory_budget_is_respected(tmp_path, n, budget, storage):
     from gconv._utils import parse_bytes
     p = tmp_path / "b.py"
     p.write_text(_BUDGET_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    out = subprocess.run([sys.executable, str(p), "1600", "1700", budget], capture_output=True, text=True,
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), TMPDIR=str(tmp_path))
+    out = subprocess.run([sys.executable, str(p), str(n), str(n + 100), budget], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["status"] == FULL
+    assert r["status"] == FULL and r["plan"]["storage"] == storage
     assert r["peak"] <= 1.10 * parse_bytes(budget), r
     assert r["plan"]["estimate"] <= parse_bytes(budget)
