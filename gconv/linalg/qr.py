@@ -101,8 +101,8 @@ def _inverse_iteration(R: np.ndarray, e: np.ndarray, iters: int = 8) -> np.ndarr
             x = y / ny
     if not np.isfinite(x).all():
         return None
-    with np.errstate(over="ignore"):
-        w = x * np.ldexp(1.0, e)
+    with np.errstate(over="ignore", under="ignore"):
+        w = x * np.ldexp(1.0, e - int(np.max(e)))       # a common power of two does not matter
     return w if np.isfinite(w).all() else None
 
 

@@ -450,7 +450,8 @@ def _gram_route(src, stats, plan, ck, whiten, shift_factor, retry, progress, ste
               f"Cholesky of the shifted Gram broke down at row {j}")
     if v is not None and np.isfinite(v).all():
         # Σ v_i row_s,i ≈ 0 with row_s,i = 2^{e_i}·row'_i  ⇒  w_i = 2^{e_i} v_i on the original rows
-        wv = np.ldexp(v, eng.exps[:j + 1])
+        with np.errstate(over="ignore", under="ignore"):
+            wv = np.ldexp(v, eng.exps[:j + 1] - int(eng.exps[:j + 1].max()))   # common 2^k does not matter
         w = np.zeros(n)
         w[:j + 1] = wv
         ub, est = None, None
