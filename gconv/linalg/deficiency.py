@@ -178,18 +178,21 @@ def _rational_candidates(cs: np.ndarray):
     yield tuple(Fraction(x) for x in cs)
 
 
-def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_support: int = 48,
-                          max_trials: int = 40) -> dict | None:
+def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, exps: np.ndarray | None = None,
+                          max_support: int = 48, max_trials: int = 60) -> dict | None:
     """Try to turn the candidate null vector w (row j the dependent one) into an exact dependency.
 
-    Returns {"row": j, "rows": [...], "coefficients": ["p/q", ...]} (row j = Σ coeff·row) when
-    verified exactly, else None.
+    With ``exps``, w holds coefficients of the *scaled* rows 2^{e_i}·a_i (where they are O(1) and can be
+    sparsified and rationalised); a dependency Σ α_i 2^{e_i} a_i = 2^{e_j} a_j is the exact statement
+    a_j = Σ α_i 2^{e_i − e_j} a_i.  Returns {"row": j, "rows": [...], "coefficients": ["p/q", ...]}
+    (row j = Σ coefficient·row) when verified in exact arithmetic, else None.
     """
     w = np.asarray(w, dtype=np.float64)
+    e = np.zeros(w.size, dtype=np.int64) if exps is None else np.asarray(exps, dtype=np.int64)[:w.size]
     if not np.isfinite(w).all() or w[j] == 0:
         return None
     with np.errstate(over="ignore", invalid="ignore"):
-        c = -w / w[j]                   # row_j = Σ_{i≠j} c_i row_i  (c_j = −1 → 1 here, dropped)
+        c = -w / w[j]                   # scaled row_j = Σ_{i≠j} c_i scaled row_i
     c[j] = 0.0
     if not np.isfinite(c).all():
         return None
@@ -198,30 +201,32 @@ def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_sup
         return None
     trials = []
     for tol in (1e-6, 1e-9, 1e-12):
-        sup = np.nonzero(np.abs(c) > tol * max(cmax, 1.0))[0]
+        sup = np.sort(np.nonzero(np.abs(c) > tol * max(cmax, 1.0))[0])
         if 0 < sup.size <= max_support and not any(np.array_equal(sup, t) for t in trials):
             trials.append(sup)
+    p2 = [Fraction(2) ** int(x) for x in (e - e[j])]
     cands = []
     for sup in trials:
-        # least-squares refit of row j on the support rows (small problem)
+        # least-squares refit of the scaled row j on the scaled support rows (a small problem)
         try:
             if isinstance(src, KhatriRao):
                 Rs = np.stack([np.kron(src.S[i], src.Z[i]) for i in sup])
                 rj = np.kron(src.S[j], src.Z[j])
             else:
-                Rs = _support_rows(src, np.sort(sup))
-                sup = np.sort(sup)
+                Rs = _support_rows(src, sup)
                 rj = src.rows(j, j + 1)[0]
-            alpha = np.linalg.lstsq(Rs.T, rj, rcond=None)[0]
+            with np.errstate(all="ignore"):
+                Rs = np.ldexp(Rs, e[sup][:, None] - e[j])
+                alpha = np.linalg.lstsq(Rs.T, rj, rcond=None)[0]
         except (np.linalg.LinAlgError, MemoryError, ValueError):
             alpha = c[sup]
         for base in (alpha, c[sup]):
             for coeffs in _rational_candidates(base):
-                cands.append((sup, coeffs))
+                cands.append((sup, tuple(f * p2[i] for f, i in zip(coeffs, sup.tolist()))))
     tried = set()
     n_tr = 0
     for sup, coeffs in cands:
-        key = (tuple(sup.tolist()), tuple(coeffs))
+        key = (tuple(sup.tolist()), coeffs)
         if key in tried or all(x == 0 for x in coeffs):
             continue
         tried.add(key)
@@ -231,9 +236,20 @@ def find_exact_dependency(src: ImplicitMatrix, w: np.ndarray, j: int, *, max_sup
         idx = list(sup.tolist()) + [j]
         if verify_dependency(src, idx, list(coeffs) + [Fraction(-1)]):
             keep = [(int(i), f) for i, f in zip(sup.tolist(), coeffs) if f != 0]
-            return {"row": int(j), "rows": [i for i, _ in keep], "coefficients": [str(f) for _, f in keep],
-                    "statement": f"row {j} = " + " + ".join(f"({f})·row {i}" for i, f in keep)}
+            return {"row": int(j), "rows": [i for i, _ in keep], "coefficients": [_frac_str(f) for _, f in keep],
+                    "statement": f"row {j} = " + " + ".join(f"({_frac_str(f)})·row {i}" for i, f in keep)}
     return None
+
+
+def _frac_str(f: Fraction) -> str:
+    """p/q, with large powers of two written as 2^k."""
+    num, den = f.numerator, f.denominator
+    def fmt(x):
+        ax = abs(x)
+        if ax > 2 ** 64 and ax & (ax - 1) == 0:
+            return ("-" if x < 0 else "") + f"2^{ax.bit_length() - 1}"
+        return str(x)
+    return fmt(num) if den == 1 else f"{fmt(num)}/{fmt(den)}"
 
 
 def refit_null_vector(src: ImplicitMatrix, w: np.ndarray, j: int, max_support: int = 256) -> np.ndarray | None:

@@ -201,7 +201,7 @@ def _certify(src, n, D, dev, memory_budget, checkpoint_dir, progress, method, wh
             gram_info = res
             if res.get("w") is not None and find_dependency:
                 with timings.section("dependency_search"):
-                    dep = find_exact_dependency(src, res["w"], res["failed_column"])
+                    dep = find_exact_dependency(src, res["v"], res["failed_column"], exps=res["exps"])
                 if dep is not None:
                     steps.append(MethodStep("exact_dependency", "verified", dep))
                     return _cert(CertificateStatus.CERTIFIED_RANK_DEFICIENT, n, D, steps, precision,
@@ -471,4 +471,5 @@ def _gram_route(src, stats, plan, ck, whiten, shift_factor, retry, progress, ste
                         sigma_min_upper_relative=(_fp.round_up(ub / _fp.fr(smax)) if smax > 0 else None))
             reason += (f"; σ_min ≤ {float(ub):.3e} (rigorous, from the breakdown's null vector; "
                        f"σ_max ≤ {smax:.3e}, ratio ≤ {float(ub) / smax:.1e})")
-    return {"status": "breakdown", "details": info, "w": w, "failed_column": j, "reason": reason}
+    return {"status": "breakdown", "details": info, "w": w, "v": v, "exps": eng.exps, "failed_column": j,
+            "reason": reason}

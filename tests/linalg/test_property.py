@@ -97,7 +97,7 @@ def test_no_rank_deficient_matrix_is_ever_certified_full_rank():
     total = sum(counts.values())
     assert total == N_DENSE + 2 * N_KR
     print(sorted(counts.items()))
-    assert proven >= 0.8 * total, counts          # most are *proven* deficient, not just inconclusive
+    assert proven >= 0.9 * total, counts          # most are *proven* deficient, not just inconclusive
 
 
 @pytest.mark.slow
