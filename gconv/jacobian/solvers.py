@@ -179,6 +179,7 @@ def _norm(t) -> float:
 
 
 def _verdict(itn, maxiter, test1, test2, test3, t1, rtol, atol, ctol, eps):
+    eps = eps / 2          # "1 + t <= 1" in round-to-nearest ⇔ t ≤ eps/2
     istop = 0
     if itn >= maxiter:
         istop = 7
