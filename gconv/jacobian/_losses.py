@@ -77,7 +77,7 @@ class Loss:
                                  "(one-hot); got other values")
             if not for_alignment and (bool((Y < 0).any()) or bool((Y > 1).any())):
                 raise ValueError(f"{self.kind} targets must lie in [0, 1]")
-            if self.kind == "cross_entropy" and not torch.allclose(Y.sum(1), torch.ones(n, dtype=Y.dtype),
+            if self.kind == "cross_entropy" and not torch.allclose(Y.sum(1), torch.ones(n, dtype=Y.dtype, device=Y.device),
                                                                    atol=1e-6):
                 raise ValueError("cross-entropy targets must be class indices or rows summing to 1 (one-hot / "
                                  "probabilities)")

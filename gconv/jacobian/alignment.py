@@ -101,7 +101,8 @@ def column_scaling(J: Jacobian, kind: str = "tensor", *, probes: int = 8, seed: 
     ``"tensor"``: one scale per parameter tensor, 1/RMS column norm, from a Hutchinson estimate
     ‖J_p‖_F² = E‖J_pᵀu‖² with ``probes`` Rademacher vectors (one multi-RHS Jᵀ pass).
     ``"column"``: exact column norms diag(JᵀJ) from a pass over the dense row blocks.
-    ``"none"``: ones.
+    ``"none"``: ones. Scales are capped at 1/(√eps·max column RMS), so numerically zero columns are not
+    amplified into noise.
     """
     if kind == "none":
         return torch.ones(J.d, dtype=J.dtype, device=J.device)
@@ -110,18 +111,22 @@ def column_scaling(J: Jacobian, kind: str = "tensor", *, probes: int = 8, seed: 
         U = (torch.randint(0, 2, (J.shape[0], probes), generator=g) * 2 - 1).to(J.device, J.dtype)
         G = J.rmm(U)
         sq = (G.to(torch.float64) ** 2).mean(1)
-        s = torch.empty(J.d, dtype=torch.float64, device=J.device)
+        rms = torch.empty(J.d, dtype=torch.float64, device=J.device)
         for a, b in zip(J.tm.offsets, J.tm.offsets[1:]):
-            ms = float(sq[a:b].sum()) / (b - a)
-            s[a:b] = 1.0 / math.sqrt(ms) if ms > 0 else 1.0
-        return s.to(J.dtype)
-    if kind == "column":
+            rms[a:b] = math.sqrt(float(sq[a:b].sum()) / (b - a))
+    elif kind == "column":
         sq = torch.zeros(J.d, dtype=torch.float64, device=J.device)
         for blk in J.row_blocks():
             sq += (blk.to(torch.float64) ** 2).sum(0)
-        s = torch.where(sq > 0, sq.rsqrt(), torch.ones_like(sq))
-        return s.to(J.dtype)
-    raise ValueError(f"precondition must be 'tensor', 'column' or 'none', got {kind!r}")
+        rms = sq.sqrt()
+    else:
+        raise ValueError(f"precondition must be 'tensor', 'column' or 'none', got {kind!r}")
+    # numerically zero columns (e.g. a bias in front of a train-mode BatchNorm) must not be blown up to
+    # unit size: their rounding noise would then pollute every product
+    floor = math.sqrt(torch.finfo(J.dtype).eps) * float(rms.max())
+    if floor == 0:
+        return torch.ones(J.d, dtype=J.dtype, device=J.device)
+    return (1.0 / rms.clamp_min(floor)).to(J.dtype)
 
 
 def check_alignment(J: Jacobian, y: torch.Tensor, *, method="auto", tol=None, atol=None, btol=None, conlim=1e8,
