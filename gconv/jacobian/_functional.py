@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+import weakref
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
@@ -28,6 +29,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 COUPLINGS = ("auto", "per_sample", "full_batch")
 FORWARD_AD = ("auto", "forward", "reverse")
 
+_PROBES = weakref.WeakKeyDictionary()
 _BN = nn.modules.batchnorm._BatchNorm
 _IN = nn.modules.instancenorm._InstanceNorm
 _DROPOUT = nn.modules.dropout._DropoutNd
@@ -340,6 +342,20 @@ class TangentModel:
         self.m_y = int(out.shape[1])
         from gconv._utils import check_finite
         check_finite(out, f"{self.who}: the model output on the first samples")
+        # The rest depends only on the model's structure, modes, selection and input shape: probe once.
+        key = (tuple(self.names), self.dtype, str(self.device), tuple(x.shape[1:]), x.dtype, self.coupling,
+               forward_ad, tuple((id(m), m.training) for m in self.model.modules()))
+        cache = _PROBES.setdefault(self.model, {})
+        if key in cache:
+            for k_, v_ in cache[key].items():
+                setattr(self, k_, v_)
+            return
+        self._probe_structure(x, out, forward_ad)
+        cache[key] = {k_: getattr(self, k_) for k_ in ("act_bytes", "forward_flops", "jv_mode", "jv_error",
+                                                       "use_vmap")}
+
+    def _probe_structure(self, x, out, forward_ad: str) -> None:
+        k = x.shape[0]
         # parameters that do not reach the output
         leaves = {n: t.detach().requires_grad_(True) for n, t in self.theta.items()}
         with torch.enable_grad():
@@ -451,8 +467,9 @@ class TangentModel:
             return {n: torch.stack([o[n] for o in outs]) for n in outs[0]}
         return torch.stack(outs)
 
-    def per_sample_rows(self, x, theta: dict | None = None) -> torch.Tensor:
-        """Dense Jacobian rows of a per-sample batch: (B, m_y, d) (vmap(jacrev) over samples)."""
+    def per_sample_rows(self, x, theta: dict | None = None, parts: bool = False):
+        """Dense Jacobian rows of a per-sample batch: (B, m_y, d) (vmap(jacrev) over samples), or per
+        parameter [(B, m_y, numel)] with ``parts``."""
         from torch.func import jacrev
         theta = self.theta if theta is None else theta
         if self.use_vmap:
@@ -466,7 +483,8 @@ class TangentModel:
                 per.append({n: torch.stack([r[n] for r in rows]) for n in self.names})
             jac = {n: torch.stack([p[n] for p in per]) for n in self.names}
         B = x.shape[0]
-        return torch.cat([jac[n].reshape(B, self.m_y, -1) for n in self.names], dim=2)
+        ps = [jac[n].reshape(B, self.m_y, -1) for n in self.names]
+        return ps if parts else torch.cat(ps, dim=2)
 
     # -------------------------------------------------------------- memory model (bytes per sample)
     def bytes_per_sample(self, kind: str) -> float:

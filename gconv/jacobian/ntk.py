@@ -32,6 +32,7 @@ Output layout: (n·m_y, n·m_y) sample-major (row i·m_y + j, as J), (n, n) with
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -40,31 +41,67 @@ import torch.nn.functional as Fn
 from gconv._utils import progress as _progress, format_bytes
 from gconv.jacobian.operator import Jacobian
 
+_PLANS = weakref.WeakKeyDictionary()   # model -> {structure key: (served modules, kernel-rule modules)}
 METHODS = ("auto", "jacobian_contraction", "ntk_vector_products", "structured")
 _AD_WEIGHT = 3.0
 
 
 # ------------------------------------------------------------------ features
 class _Dense:
-    """Per-sample Jacobian rows (c, m_y, D)."""
+    """Per-sample Jacobian rows as parts [(c, m_y, D_k)] (per parameter tensor; small ones merged), so
+    that no copy of the whole row block is needed: Θ = Σ_k A_k B_kᵀ."""
 
-    def __init__(self, rows):
-        self.rows = rows
+    SMALL = 4096
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    @staticmethod
+    def from_parts(parts):
+        """Merge runs of adjacent small parts (column order is kept: ``rows`` is J's column order)."""
+        out, run = [], []
+        for t in parts:
+            if t.shape[2] < _Dense.SMALL:
+                run.append(t)
+                continue
+            if run:
+                out.append(torch.cat(run, dim=2) if len(run) > 1 else run[0])
+                run = []
+            out.append(t)
+        if run:
+            out.append(torch.cat(run, dim=2) if len(run) > 1 else run[0])
+        return _Dense(out)
 
     @staticmethod
     def cat(parts):
-        return _Dense(torch.cat([p.rows for p in parts])) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        return _Dense([torch.cat([p.parts[k] for p in parts]) for k in range(len(parts[0].parts))])
+
+    @property
+    def rows(self):
+        return torch.cat(self.parts, dim=2) if len(self.parts) > 1 else self.parts[0]
+
+    def to(self, dtype):
+        return _Dense([t.to(dtype) for t in self.parts])
 
     def block(self, other, trace):
-        a, b = self.rows, other.rows
-        ca, cb, m = a.shape[0], b.shape[0], a.shape[1]
-        if trace:
-            return a.reshape(ca, -1) @ b.reshape(cb, -1).T
-        return (a.reshape(ca * m, -1) @ b.reshape(cb * m, -1).T).reshape(ca, m, cb, m)
+        K = None
+        for a, b in zip(self.parts, other.parts):
+            ca, cb, m = a.shape[0], b.shape[0], a.shape[1]
+            if trace:
+                t = a.reshape(ca, -1) @ b.reshape(cb, -1).T
+            else:
+                t = (a.reshape(ca * m, -1) @ b.reshape(cb * m, -1).T).reshape(ca, m, cb, m)
+            K = t if K is None else K.add_(t)
+        return K
 
     def diag(self, trace):
-        r = self.rows
-        return (r * r).sum((1, 2)) if trace else r @ r.transpose(1, 2)
+        K = None
+        for r in self.parts:
+            t = (r * r).sum((1, 2)) if trace else r @ r.transpose(1, 2)
+            K = t if K is None else K.add_(t)
+        return K
 
 
 class _Structured:
@@ -81,11 +118,11 @@ class _Structured:
         for k, (a, g, w, b) in enumerate(parts[0].terms):
             terms.append((torch.cat([p.terms[k][0] for p in parts]) if w else None,
                           torch.cat([p.terms[k][1] for p in parts]), w, b))
-        dense = torch.cat([p.dense for p in parts]) if parts[0].dense is not None else None
+        dense = _Dense.cat([p.dense for p in parts]) if parts[0].dense is not None else None
         return _Structured(terms, dense)
 
     def block(self, other, trace):
-        K = _Dense(self.dense).block(_Dense(other.dense), trace) if self.dense is not None else None
+        K = self.dense.block(other.dense, trace) if self.dense is not None else None
         for (a1, g1, w, b), (a2, g2, _, _) in zip(self.terms, other.terms):
             c1, m, out = g1.shape
             c2 = g2.shape[0]
@@ -100,7 +137,7 @@ class _Structured:
         return K
 
     def diag(self, trace):
-        K = _Dense(self.dense).diag(trace) if self.dense is not None else None
+        K = self.dense.diag(trace) if self.dense is not None else None
         for a, g, w, b in self.terms:
             s = (a * a).sum(1) if w else None
             if b:
@@ -146,7 +183,12 @@ class StructuredPlan:
         # A layer is served only if every call sees the sample dimension first (a model that folds
         # samples into other axes, e.g. (T, B, F) layouts, leaves it to the dense rows).
         self.kernel_mods = []
-        if self.mods:
+        key = (tuple(tm.names), tuple(J.data.slice(0, 1).x.shape[1:]),
+               tuple((id(m), m.training) for m in tm.model.modules()))
+        cached = _PLANS.setdefault(tm.model, {}).get(key)
+        if cached is not None:
+            self.mods, self.kernel_mods = dict(cached[0]), list(cached[1])
+        elif self.mods:
             k = min(2, J.n)
             rec = self._forward_records(tm.prep(J.data.slice(0, k).x), need_grad=False)
             for name in list(self.mods):
@@ -156,6 +198,7 @@ class StructuredPlan:
                     continue
                 if self.mods[name][0] == "linear" and len(calls) == 1 and calls[0][0].dim() == 2:
                     self.kernel_mods.append(name)
+        _PLANS[tm.model][key] = (dict(self.mods), list(self.kernel_mods))
         owner = {}
         for name, (kind, w, b) in self.mods.items():
             if w:
@@ -260,7 +303,7 @@ class StructuredPlan:
                 {n: torch.stack([jacrev(f1)(th_rest, x[i])[n] for i in range(c)]) for n in self.rest}
             for n in self.rest:
                 dense_parts[n] = jac[n].reshape(c, m_y, -1)
-        dense = torch.cat([dense_parts[n] for n in tm.names if n in dense_parts], dim=2) if dense_parts else None
+        dense = _Dense.from_parts([dense_parts[n] for n in tm.names if n in dense_parts]) if dense_parts else None
         return _Structured(terms, dense)
 
     def feature_bytes(self) -> float:
@@ -309,12 +352,12 @@ def ntk_cost_model(J: Jacobian, n1: int | None = None, n2: int | None = None, *,
 
 # ------------------------------------------------------------------ the engine
 class _GramEngine:
-    def __init__(self, J: Jacobian, method: str):
+    def __init__(self, J: Jacobian, method: str, n2: int | None = None):
         if method not in METHODS:
             raise ValueError(f"ntk: method must be one of {METHODS}, got {method!r}")
         self.J, self.tm = J, J.tm
         if method == "auto":
-            method = ntk_cost_model(J)["choice"]
+            method = ntk_cost_model(J, J.n, n2, symmetric=n2 is None)["choice"]
         if method == "structured":
             self.plan = StructuredPlan(J)
             if not self.plan.mods:
@@ -346,9 +389,9 @@ class _GramEngine:
                 if self.method == "structured":
                     parts.append(self.plan.features(x))
                 else:
-                    parts.append(_Dense(J._rows(a, b, x)))
+                    parts.append(_Dense.from_parts(J._rows(a, b, x, parts=True)))
             else:
-                parts.append(_Dense(J._rows(a, b)))
+                parts.append(_Dense.from_parts(J._rows(a, b, parts=True)))
             if acc is not None:
                 parts[-1] = _cast(parts[-1], acc)
         return (_Structured if self.method == "structured" else _Dense).cat(parts)
@@ -356,7 +399,7 @@ class _GramEngine:
 
 def _cast(feat, dtype):
     if isinstance(feat, _Dense):
-        return _Dense(feat.rows.to(dtype))
+        return feat.to(dtype)
     return _Structured([(a.to(dtype) if a is not None else None, g.to(dtype), w, b) for a, g, w, b in feat.terms],
                        feat.dense.to(dtype) if feat.dense is not None else None)
 
@@ -390,7 +433,7 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
 
     ``acc_dtype`` (e.g. float64): features are cast to it before the products (the Gram of the
     stored fp32 Jacobian, formed in fp64)."""
-    eng = _GramEngine(JA, method)
+    eng = _GramEngine(JA, method, None if JB is None else JB.n)
     eng.acc_dtype = acc_dtype
     tm, m = JA.tm, JA.m_y
     nA = JA.n
@@ -483,11 +526,7 @@ def ntk(model, x1, x2=None, params=None, method="auto", *, trace=False, chunk_si
     kw = dict(chunk_size=chunk_size, memory_budget=memory_budget, coupling="per_sample", forward_ad=forward_ad,
               param_values=param_values)
     J1 = Jacobian(model, x1, params, **kw)
-    J2 = None
-    if x2 is not None:
-        J2 = Jacobian(model, x2, params, **kw)
-        if J2.m_y != J1.m_y:
-            raise ValueError(f"ntk: x1 and x2 give outputs of different sizes ({J1.m_y} vs {J2.m_y})")
+    J2 = None if x2 is None else J1.with_data(x2)
     K = _gram(J1, J2, method=method, trace=trace, diagonal_only=False)
     n1, n2 = J1.n, (J2 or J1).n
     if trace:

@@ -46,26 +46,31 @@ class Jacobian:
 
     def __init__(self, model, data, params=None, *, chunk_size=None, memory_budget=None, coupling="auto",
                  forward_ad="auto", param_values=None, progress=False):
-        self.data = as_data_source(data)
-        self.n = self.data.n
-        probe = self.data.slice(0, min(3, self.n)).x
+        data = as_data_source(data)
+        probe = data.slice(0, min(3, data.n)).x
         self.tm = TangentModel(model, params, probe_x=probe, values=param_values, coupling=coupling,
                                forward_ad=forward_ad, who="Jacobian")
         tm = self.tm
         self.m_y, self.d = tm.m_y, tm.d
-        self.shape = (self.n * self.m_y, self.d)
         self.dtype, self.device = tm.dtype, tm.device
         self.param_names = list(tm.names)
         self.coupling, self.coupling_reason, self.jv_mode = tm.coupling, tm.coupling_reason, tm.jv_mode
         self.memory_budget = resolve_budget(memory_budget, self.device)
         self.progress = progress
         self._fixed_chunk = chunk_size
+        self._set_data(data)
+
+    def _set_data(self, data) -> None:
+        tm = self.tm
+        self.data = data
+        self.n = data.n
+        self.shape = (self.n * self.m_y, self.d)
         self._X = None
         if tm.per_sample:
             self.chunk_jv = chunk_for(self.memory_budget, tm.bytes_per_sample("jv"), self.n, what="J·v",
-                                      who="Jacobian", fixed=chunk_size)
+                                      who="Jacobian", fixed=self._fixed_chunk)
             self.chunk_vjp = chunk_for(self.memory_budget, tm.bytes_per_sample("vjp"), self.n, what="Jᵀ·u",
-                                       who="Jacobian", fixed=chunk_size)
+                                       who="Jacobian", fixed=self._fixed_chunk)
             self._rows_per_sample = tm.bytes_per_sample("rows")
         else:
             need = self.n * tm.bytes_per_sample("jv")
@@ -76,7 +81,13 @@ class Jacobian:
                                   "for per-sample outputs")
             self.chunk_jv = self.chunk_vjp = self.n
             self._rows_per_sample = (self.n * tm.bytes_per_sample("vjp") + 2 * self.d * tm.itemsize) * self.m_y
-            self._X = None
+
+    def with_data(self, data) -> "Jacobian":
+        """The same model, parameters and settings over other data (no new probes)."""
+        import copy
+        new = copy.copy(self)
+        new._set_data(as_data_source(data))
+        return new
 
     @property
     def chunk_rows(self) -> int:
@@ -223,17 +234,19 @@ class Jacobian:
         """Dense blocks of consecutive rows (chunk·m_y × d), in order; re-iterable."""
         return JacobianRowBlocks(self, chunk_size or self.chunk_rows)
 
-    def _rows(self, s, e, x=None) -> torch.Tensor:
-        """Rows of samples s..e-1 as (e-s, m_y, d)."""
+    def _rows(self, s, e, x=None, parts=False):
+        """Rows of samples s..e-1 as (e-s, m_y, d), or per parameter [(e-s, m_y, numel)] with ``parts``."""
         if self.tm.per_sample:
-            return self.tm.per_sample_rows(x)
+            return self.tm.per_sample_rows(x, parts=parts)
         X = self._all_x()
         _, fn = self.tm.vjp_fn(X)
         c = e - s
         cot = torch.zeros(c * self.m_y, self.n, self.m_y, dtype=self.dtype, device=self.device)
         idx = torch.arange(c * self.m_y, device=self.device)
         cot[idx, s + idx // self.m_y, idx % self.m_y] = 1
-        return self.tm.flatten(self.tm.map(fn, cot), batched=True).reshape(c, self.m_y, self.d)
+        g = self.tm.map(fn, cot)
+        ps = [g[n].reshape(c, self.m_y, -1) for n in self.param_names]
+        return ps if parts else torch.cat(ps, dim=2)
 
     def dense(self, max_bytes="1GiB") -> torch.Tensor:
         """The whole J as a dense (n·m_y, d) tensor — for small problems and tests only."""

@@ -192,3 +192,16 @@ def test_cost_model_prefers_structured_for_wide_mlps_and_reports_why():
     cm = ntk_cost_model(Jacobian(m, X))
     assert cm["costs"]["structured"] is None and "BatchNorm2d" in cm["why"]["structured"]
     assert cm["choice"] in ("jacobian_contraction", "ntk_vector_products")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_large_and_small_parameter_tensors_interleaved(method):
+    """Weights above the merge threshold for small tensors, biases below it, chunked cross blocks."""
+    torch.manual_seed(0)
+    m = MLP(d_in=70, widths=(70,), m_y=2).double().eval()          # 70·70 = 4900 > 4096 > 70
+    X = torch.randn(5, 70, dtype=torch.float64)
+    J1, J2 = reference_jacobian(m, X[:2]), reference_jacobian(m, X[2:])
+    ref = (J1 @ J2.T).view(2, 2, 3, 2).permute(0, 2, 1, 3)
+    _close(ntk(m, X[:2], X[2:], method=method, chunk_size=1), ref)
+    Jr = reference_jacobian(m, X)
+    _close(ntk_gram(m, X, method=method, chunk_size=2), Jr @ Jr.T)
