@@ -198,7 +198,7 @@ def test_cost_model_prefers_structured_for_wide_mlps_and_reports_why():
 def test_large_and_small_parameter_tensors_interleaved(method):
     """Weights above the merge threshold for small tensors, biases below it, chunked cross blocks."""
     torch.manual_seed(0)
-    m = MLP(d_in=70, widths=(70,), m_y=2).double().eval()          # 70·70 = 4900 > 4096 > 70
+    m = MLP(d_in=70, widths=(70, 70), m_y=2).double().eval()       # 70·70 = 4900 > 4096 > 70
     X = torch.randn(5, 70, dtype=torch.float64)
     J1, J2 = reference_jacobian(m, X[:2]), reference_jacobian(m, X[2:])
     ref = (J1 @ J2.T).view(2, 2, 3, 2).permute(0, 2, 1, 3)
