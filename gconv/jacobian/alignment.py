@@ -215,75 +215,91 @@ def _linalg_has(name: str) -> bool:
     return hasattr(L, name)
 
 
+def gram_noise_level(J: Jacobian, K: torch.Tensor) -> float:
+    """τ: the eigenvalue level of K = J Jᵀ below which directions are not resolved numerically.
+
+    max of (10·eps_J·‖J‖_F)² — rounding errors of the computed Jacobian entries, eps_J of J's dtype —
+    and 10·N·eps64·max_i K_ii — rounding of the float64 Gram and its factorisation. A heuristic scale,
+    reported with every verdict that depends on it.
+    """
+    N = K.shape[0]
+    tr = float(K.diagonal().sum())
+    eps_j = torch.finfo(J.dtype).eps
+    return max((10 * eps_j) ** 2 * tr, 10 * N * torch.finfo(torch.float64).eps * float(K.diagonal().max()))
+
+
+def _cholesky_solve_inplace(K: torch.Tensor, shift: float, rhs: torch.Tensor):
+    """(K + shift·I)⁻¹ rhs, factorising K in place (K is destroyed); None if not positive definite."""
+    K.diagonal().add_(shift)
+    if K.device.type == "cpu":
+        import scipy.linalg as sl
+        try:
+            c = sl.cho_factor(K.numpy(), lower=True, overwrite_a=True, check_finite=False)
+        except (sl.LinAlgError, ValueError):
+            return None
+        return torch.from_numpy(sl.cho_solve(c, rhs.numpy(), check_finite=False))
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info) != 0:
+        return None
+    return torch.cholesky_solve(rhs[:, None], L)[:, 0]
+
+
 def _gram_route(J: Jacobian, y, method, tol, t0, base, progress):
     from gconv.jacobian.ntk import _gram
-    N = J.shape[0]
+    ynorm = base["target_norm"]
     K = _gram(J, None, method="auto", trace=False, diagonal_only=False, progress=progress, acc_dtype=torch.float64)
     yd = y.to(torch.float64)
-    # a-posteriori check of a Cholesky solution of the (slightly shifted) Gram
-    tr = float(K.diagonal().sum())
-    delta = 10 * torch.finfo(torch.float64).eps * tr
-    eye_shift = torch.eye(N, dtype=torch.float64, device=K.device) * delta
-    L_, info = torch.linalg.cholesky_ex(K + eye_shift)
-    cert, dist = None, None
-    x = None
-    rel = math.inf
-    rn = math.inf
-    if int(info) == 0:
-        a = torch.cholesky_solve(yd[:, None], L_)[:, 0]
-        x = J.rmv(a.to(J.dtype))
-        r = y - J.mv(x)
-        rn = float(torch.linalg.vector_norm(r))
-        rel = rn / base["target_norm"]
-    del L_
+    tau = gram_noise_level(J, K)
+    cert = {"gram": "K = J Jᵀ accumulated in float64", "noise_level": tau, "lambda_max_bound": float(K.diagonal().sum())}
     if method == "exact":
         import gconv.linalg as GL
         ics = GL.in_column_space(K, yd)
         status = getattr(ics, "status", None)
-        cert = {"route": "gconv.linalg.in_column_space on K = J Jᵀ (float64)", "status": status,
-                "details": _public_fields(ics)}
+        cert.update({"route": "gconv.linalg.in_column_space(K, Y_ℓ)", "status": status,
+                     "details": _public_fields(ics)})
         verdict = {"IN_COLUMN_SPACE": "ALIGNED", "NOT_IN_COLUMN_SPACE": "NOT_ALIGNED"}.get(status, "INCONCLUSIVE")
         msg = f"gconv.linalg.in_column_space(K, Y_ℓ): {status}"
-    elif rel <= tol:
-        verdict = "ALIGNED"
-        msg = f"‖r‖/‖Y_ℓ‖ = {rel:.3g} ≤ tol = {tol:.3g} for x = Jᵀ(K + δI)⁻¹Y_ℓ (recomputed residual)"
-    else:
-        w, V = torch.linalg.eigh(K)
-        wmax = float(w[-1])
-        eps_j = torch.finfo(J.dtype).eps
-        # numpy's rule on J, σ_i > σ_max·max(M,N)·eps  ⇔  λ_i > λ_max·(max(M,N)·eps)², but no finer than the
-        # resolution of the computed Gram's eigenvalues (≈ N·eps64·λ_max)
-        thresh = wmax * max((max(N, J.d) * eps_j) ** 2, 10 * N * torch.finfo(torch.float64).eps)
-        keep = w > thresh
-        c = V.T @ yd
-        dist = float(torch.linalg.vector_norm(c[~keep])) / base["target_norm"]
-        a = V[:, keep] @ (c[keep] / w[keep])
-        x2 = J.rmv(a.to(J.dtype))
-        r2 = y - J.mv(x2)
-        rn2 = float(torch.linalg.vector_norm(r2))
-        if rn2 < rn:
-            x, rn, rel = x2, rn2, rn2 / base["target_norm"]
-        cert = {"numerical_rank": int(keep.sum()), "rows": N, "rank_threshold_eigenvalue": thresh,
-                "lambda_max": wmax}
+    # a = (K + τI)⁻¹ y by Cholesky (in place; K is not needed afterwards): x = Jᵀa is checked on J itself,
+    # and τ·a = y − K a is the part of y that K resolves only below the noise level (Tikhonov residual)
+    N = K.shape[0]
+    spare = K.clone() if 2 * N * N * 8 <= J.memory_budget else None     # for a retry with a larger shift
+    shift = tau
+    a = _cholesky_solve_inplace(K, shift, yd)
+    while a is None and spare is not None and shift < 1e3 * tau:
+        shift *= 10      # rounding left K + τI indefinite: factorise a fresh copy with a larger shift
+        K = spare.clone() if shift < 1e3 * tau else spare
+        a = _cholesky_solve_inplace(K, shift, yd)
+    del K, spare
+    if a is None:
+        raise RuntimeError(f"alignment: the Cholesky factorisation of J Jᵀ + τI failed (τ up to {shift:.3g}); K is "
+                           "not positive semidefinite to working precision")
+    cert["shift"] = shift
+    x = J.rmv(a.to(J.dtype))
+    r = y - J.mv(x)
+    rn = float(torch.linalg.vector_norm(r))
+    rel = rn / ynorm
+    dist = shift * float(torch.linalg.vector_norm(a)) / ynorm
+    cert["tikhonov_residual"] = dist
+    if method != "exact":
         if rel <= tol:
-            verdict, msg = "ALIGNED", f"‖r‖/‖Y_ℓ‖ = {rel:.3g} ≤ tol (pseudo-inverse solution, recomputed residual)"
+            verdict = "ALIGNED"
+            msg = f"‖r‖/‖Y_ℓ‖ = {rel:.3g} ≤ tol = {tol:.3g} for x = Jᵀ(JJᵀ + τI)⁻¹Y_ℓ (recomputed on J)"
         elif dist > tol:
             verdict = "NOT_ALIGNED"
-            msg = (f"numerical rank {int(keep.sum())} < {N} (numpy matrix_rank rule on σ(J)); the part of Y_ℓ in the "
-                   f"numerically-null space of J Jᵀ has norm {dist:.3g}·‖Y_ℓ‖ > tol = {tol:.3g}")
+            msg = (f"‖τ(JJᵀ + τI)⁻¹Y_ℓ‖ = {dist:.3g}·‖Y_ℓ‖ > tol = {tol:.3g}: that part of Y_ℓ lies where J's singular "
+                   f"values are at or below the noise level √τ = {math.sqrt(shift):.3g} (a numerical verdict at that "
+                   "level)")
         else:
-            verdict, msg = "INCONCLUSIVE", (f"residual {rel:.3g}·‖Y_ℓ‖ > tol but the null-space part {dist:.3g}·‖Y_ℓ‖ "
-                                            "does not clear tol")
-    if x is None:
-        x = torch.zeros(J.d, dtype=J.dtype, device=J.device)
-        rn, rel = base["target_norm"], 1.0
-    jtrn = float(torch.linalg.vector_norm(J.rmv(y - J.mv(x))))
+            verdict = "INCONCLUSIVE"
+            msg = (f"Y_ℓ is resolved by JJᵀ above the noise level (Tikhonov residual {dist:.3g}·‖Y_ℓ‖ ≤ tol), but the "
+                   f"residual on J itself is {rel:.3g} > tol = {tol:.3g} (products in {base['dtype']} cannot confirm it)")
+    jtrn = float(torch.linalg.vector_norm(J.rmv(r)))
     res = AlignmentResult(verdict=verdict, method=method, istop=None, istop_meaning=None, iterations=0, residual_norm=rn,
                           relative_residual=rel, normal_residual_norm=jtrn, distance_lower_estimate=dist,
-                          norm_estimate=math.sqrt(tr), cond_estimate=None,
+                          norm_estimate=math.sqrt(cert["lambda_max_bound"]), cond_estimate=None,
                           solution_norm=float(torch.linalg.vector_norm(x)), precondition="none",
                           seconds=time.perf_counter() - t0, message=msg, certificate=cert,
-                          settings=dict(gram_shift=delta), **base)
+                          settings=dict(noise_level=tau), **base)
     res.solution = x
     return res
 

@@ -82,23 +82,27 @@ class _Dense:
     def rows(self):
         return torch.cat(self.parts, dim=2) if len(self.parts) > 1 else self.parts[0]
 
+    def slice(self, a, b):
+        return _Dense([t[a:b] for t in self.parts])
+
     def to(self, dtype):
         return _Dense([t.to(dtype) for t in self.parts])
 
-    def block(self, other, trace):
+    def block(self, other, trace, acc=None):
         K = None
         for a, b in zip(self.parts, other.parts):
             ca, cb, m = a.shape[0], b.shape[0], a.shape[1]
             if trace:
-                t = a.reshape(ca, -1) @ b.reshape(cb, -1).T
+                t = _gemm_nt(a.reshape(ca, -1), b.reshape(cb, -1), acc)
             else:
-                t = (a.reshape(ca * m, -1) @ b.reshape(cb * m, -1).T).reshape(ca, m, cb, m)
+                t = _gemm_nt(a.reshape(ca * m, -1), b.reshape(cb * m, -1), acc).reshape(ca, m, cb, m)
             K = t if K is None else K.add_(t)
         return K
 
-    def diag(self, trace):
+    def diag(self, trace, acc=None):
         K = None
         for r in self.parts:
+            r = r if acc is None else r.to(acc)
             t = (r * r).sum((1, 2)) if trace else r @ r.transpose(1, 2)
             K = t if K is None else K.add_(t)
         return K
@@ -121,30 +125,57 @@ class _Structured:
         dense = _Dense.cat([p.dense for p in parts]) if parts[0].dense is not None else None
         return _Structured(terms, dense)
 
-    def block(self, other, trace):
-        K = self.dense.block(other.dense, trace) if self.dense is not None else None
+    def slice(self, a, b):
+        return _Structured([(x[a:b] if x is not None else None, g[a:b], w, bb) for x, g, w, bb in self.terms],
+                           self.dense.slice(a, b) if self.dense is not None else None)
+
+    def block(self, other, trace, acc=None):
+        K = self.dense.block(other.dense, trace, acc) if self.dense is not None else None
         for (a1, g1, w, b), (a2, g2, _, _) in zip(self.terms, other.terms):
             c1, m, out = g1.shape
             c2 = g2.shape[0]
-            s = a1 @ a2.T if w else None
+            s = _gemm_nt(a1, a2, acc) if w else None
             if b:
-                s = s + 1.0 if s is not None else torch.ones(c1, c2, dtype=g1.dtype, device=g1.device)
+                s = s + 1.0 if s is not None else torch.ones(c1, c2, dtype=acc or g1.dtype, device=g1.device)
             if trace:
-                t = s * (g1.reshape(c1, m * out) @ g2.reshape(c2, m * out).T)
+                t = s * _gemm_nt(g1.reshape(c1, m * out), g2.reshape(c2, m * out), acc)
             else:
-                t = (g1.reshape(c1 * m, out) @ g2.reshape(c2 * m, out).T).reshape(c1, m, c2, m) * s[:, None, :, None]
+                t = _gemm_nt(g1.reshape(c1 * m, out), g2.reshape(c2 * m, out), acc).reshape(c1, m, c2, m) \
+                    * s[:, None, :, None]
             K = t if K is None else K + t
         return K
 
-    def diag(self, trace):
-        K = self.dense.diag(trace) if self.dense is not None else None
+    def diag(self, trace, acc=None):
+        K = self.dense.diag(trace, acc) if self.dense is not None else None
         for a, g, w, b in self.terms:
+            if acc is not None:
+                a, g = (a.to(acc) if a is not None else None), g.to(acc)
             s = (a * a).sum(1) if w else None
             if b:
                 s = s + 1.0 if s is not None else torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
             t = s * (g * g).sum((1, 2)) if trace else s[:, None, None] * (g @ g.transpose(1, 2))
             K = t if K is None else K + t
         return K
+
+
+_TILE = 64 * 2**20
+
+
+def _gemm_nt(a, b, acc=None):
+    """a @ bᵀ, accumulated in ``acc`` (e.g. float64) by casting tiles of at most ~64 MiB at a time."""
+    if acc is None or (a.dtype == acc and b.dtype == acc):
+        return a @ b.T
+    ra, D = a.shape
+    rb = b.shape[0]
+    out = torch.empty(ra, rb, dtype=acc, device=a.device)
+    isz = torch.empty((), dtype=acc).element_size()
+    ta = max(1, min(ra, int(_TILE // max(D * isz, 1))))
+    tb = max(1, min(rb, int(_TILE // max(D * isz, 1))))
+    for j in range(0, rb, tb):
+        bt = b[j:j + tb].to(acc).T
+        for i in range(0, ra, ta):
+            out[i:i + ta, j:j + tb] = a[i:i + ta].to(acc) @ bt
+    return out
 
 
 def _param_name(prefix, attr):
@@ -378,10 +409,13 @@ class _GramEngine:
                               f"the memory budget {format_bytes(budget)}; raise memory_budget or select fewer "
                               "parameters")
         self.panel = max(self.chunk, int(budget // 4 // max(self.feat_bytes, 1.0)))
+        # samples per side of one block product (its result, (tile·m_y)² float64, within budget/16)
+        self.tile = max(1, int(math.sqrt(budget / 16 / 8) / tm.m_y))
+        if fixed:
+            self.tile = min(self.tile, self.chunk)
 
     def features(self, J: Jacobian, s: int, e: int):
         parts = []
-        acc = getattr(self, "acc_dtype", None)
         for a in range(s, e, self.chunk):
             b = min(a + self.chunk, e)
             if J.tm.per_sample:
@@ -392,16 +426,7 @@ class _GramEngine:
                     parts.append(_Dense.from_parts(J._rows(a, b, x, parts=True)))
             else:
                 parts.append(_Dense.from_parts(J._rows(a, b, parts=True)))
-            if acc is not None:
-                parts[-1] = _cast(parts[-1], acc)
         return (_Structured if self.method == "structured" else _Dense).cat(parts)
-
-
-def _cast(feat, dtype):
-    if isinstance(feat, _Dense):
-        return feat.to(dtype)
-    return _Structured([(a.to(dtype) if a is not None else None, g.to(dtype), w, b) for a, g, w, b in feat.terms],
-                       feat.dense.to(dtype) if feat.dense is not None else None)
 
 
 def _sym(blk, trace):
@@ -431,10 +456,9 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
           acc_dtype=None):
     """Θ over JA's data (× JB's, or symmetric when JB is None) as a dense tensor.
 
-    ``acc_dtype`` (e.g. float64): features are cast to it before the products (the Gram of the
-    stored fp32 Jacobian, formed in fp64)."""
+    ``acc_dtype`` (e.g. float64): products are accumulated in it, tile by tile (the Gram of the
+    computed fp32 Jacobian, formed in fp64)."""
     eng = _GramEngine(JA, method, None if JB is None else JB.n)
-    eng.acc_dtype = acc_dtype
     tm, m = JA.tm, JA.m_y
     nA = JA.n
     symmetric = JB is None
@@ -446,11 +470,10 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
             raise ValueError("ntk: diagonal_only needs a single data set")
         res = torch.empty((nA,) if trace else (nA, m, m), dtype=dt, device=dev) if out is None else out
         feng = eng if eng.method != "ntk_vector_products" else _GramEngine(JA, "jacobian_contraction")
-        feng.acc_dtype = acc_dtype
         bar = _progress(total=nA, desc="ntk diag", enabled=bool(progress), unit="sample")
         for s in range(0, nA, feng.chunk):
             e = min(s + feng.chunk, nA)
-            d = feng.features(JA, s, e).diag(trace)
+            d = feng.features(JA, s, e).diag(trace, acc_dtype)
             res[s:e] = 0.5 * (d + d.transpose(1, 2)) if not trace else d
             bar.update(e - s)
         bar.close()
@@ -487,24 +510,42 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
                 bar.update(1)
         bar.close()
         return K
-    P = eng.panel
     bar = _progress(total=nA, desc=f"ntk ({eng.method})", enabled=bool(progress), unit="sample")
-    for p0 in range(0, nA, P):
-        p1 = min(p0 + P, nA)
-        FA = eng.features(JA, p0, p1)
-        start = 0
-        if symmetric:
-            _put(K4, _sym(FA.block(FA, trace), trace), p0, p1, p0, p1, trace)
-            start = p1
-        for s in range(start, nB, eng.chunk):
-            e = min(s + eng.chunk, nB)
-            blk = FA.block(eng.features(JB, s, e), trace)
-            _put(K4, blk, p0, p1, s, e, trace)
-            if symmetric:
-                _put(K4, blk.T if trace else blk.permute(2, 3, 0, 1), s, e, p0, p1, trace)
-        bar.update(p1 - p0)
+    for (i0, i1), (j0, j1), blk in _tiles(eng, JA, JB, symmetric, trace, acc_dtype, bar):
+        _put(K4, blk, i0, i1, j0, j1, trace)
+        if symmetric and i0 != j0:
+            _put(K4, blk.T if trace else blk.permute(2, 3, 0, 1), j0, j1, i0, i1, trace)
     bar.close()
     return K
+
+
+def _tiles(eng, JA, JB, symmetric, trace, acc, bar=None):
+    """Blocks Θ[i0:i1, j0:j1] of at most eng.tile samples a side: the upper triangle when symmetric
+    (diagonal tiles exactly symmetric); panels of features of JA are held while those of JB stream."""
+    nA, nB = JA.n, JB.n
+    T = eng.tile
+    for p0 in range(0, nA, eng.panel):
+        p1 = min(p0 + eng.panel, nA)
+        FA = eng.features(JA, p0, p1)
+        if symmetric:
+            for i0 in range(p0, p1, T):
+                i1 = min(i0 + T, p1)
+                Fi = FA.slice(i0 - p0, i1 - p0)
+                for j0 in range(i0, p1, T):
+                    j1 = min(j0 + T, p1)
+                    blk = Fi.block(FA.slice(j0 - p0, j1 - p0), trace, acc)
+                    yield (i0, i1), (j0, j1), (_sym(blk, trace) if i0 == j0 else blk)
+        for s in range(p1 if symmetric else 0, nB, eng.chunk):
+            e = min(s + eng.chunk, nB)
+            FB = eng.features(JB, s, e)
+            for i0 in range(p0, p1, T):
+                i1 = min(i0 + T, p1)
+                Fi = FA.slice(i0 - p0, i1 - p0)
+                for j0 in range(s, e, T):
+                    j1 = min(j0 + T, e)
+                    yield (i0, i1), (j0, j1), Fi.block(FB.slice(j0 - s, j1 - s), trace, acc)
+        if bar is not None:
+            bar.update(p1 - p0)
 
 
 def _put(K4, blk, a, b, s, e, trace):
@@ -568,16 +609,10 @@ def gram_blocks(Js, method="auto", *, trace=False, acc_dtype=None):
     engs = [_GramEngine(J, method) for J in Js]
     chunk = min(e.chunk for e in engs)
     panel = max(chunk, min(e.panel for e in engs) // len(Js))
+    tile = min(e.tile for e in engs)
     for e in engs:
-        e.acc_dtype = acc_dtype
-
-    def shape(blk, r, c):
-        return blk if trace else blk.reshape(r * m, c * m)
-    for p0 in range(0, n, panel):
-        p1 = min(p0 + panel, n)
-        FA = [e.features(J, p0, p1) for e, J in zip(engs, Js)]
-        yield (p0, p1), (p0, p1), [shape(_sym(F.block(F, trace), trace), p1 - p0, p1 - p0) for F in FA]
-        for s in range(p1, n, chunk):
-            t = min(s + chunk, n)
-            yield (p0, p1), (s, t), [shape(F.block(e.features(J, s, t), trace), p1 - p0, t - s)
-                                     for F, e, J in zip(FA, engs, Js)]
+        e.chunk, e.panel, e.tile = chunk, panel, tile
+    gens = [_tiles(e, J, J, True, trace, acc_dtype) for e, J in zip(engs, Js)]
+    for items in zip(*gens):
+        (r0, r1), (c0, c1) = items[0][0], items[0][1]
+        yield (r0, r1), (c0, c1), [blk if trace else blk.reshape((r1 - r0) * m, (c1 - c0) * m) for _, _, blk in items]

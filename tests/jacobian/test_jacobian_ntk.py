@@ -205,3 +205,16 @@ def test_large_and_small_parameter_tensors_interleaved(method):
     _close(ntk(m, X[:2], X[2:], method=method, chunk_size=1), ref)
     Jr = reference_jacobian(m, X)
     _close(ntk_gram(m, X, method=method, chunk_size=2), Jr @ Jr.T)
+
+
+@pytest.mark.parametrize("method", ["jacobian_contraction", "structured"])
+def test_float64_accumulation_of_a_float32_jacobian(method):
+    """The Gram of the computed fp32 rows, accumulated in fp64 tile by tile (as the alignment check uses)."""
+    from gconv.jacobian.ntk import _gram
+    m, X = make("cnn", n=6)
+    m32 = copy.deepcopy(m).float()
+    J = Jacobian(m32, X.float(), chunk_size=2)
+    D = J.dense().double()
+    K = _gram(J, None, method=method, trace=False, diagonal_only=False, acc_dtype=torch.float64)
+    assert K.dtype == torch.float64 and torch.equal(K, K.T)
+    torch.testing.assert_close(K, D @ D.T, rtol=1e-9, atol=1e-12)
