@@ -217,4 +217,7 @@ def test_float64_accumulation_of_a_float32_jacobian(method):
     D = J.dense().double()
     K = _gram(J, None, method=method, trace=False, diagonal_only=False, acc_dtype=torch.float64)
     assert K.dtype == torch.float64 and torch.equal(K, K.T)
-    torch.testing.assert_close(K, D @ D.T, rtol=1e-9, atol=1e-12)
+    if method == "jacobian_contraction":        # exactly the fp64 Gram of the fp32 rows
+        torch.testing.assert_close(K, D @ D.T, rtol=1e-9, atol=1e-12)
+    else:                                       # factors (a, g) in fp32, their products in fp64: fp32-level
+        torch.testing.assert_close(K, D @ D.T, rtol=1e-5, atol=1e-6)
