@@ -192,9 +192,10 @@ def measure(cands: dict, repeat=3) -> dict:
 NTK_SHAPES = {"mlp": 2, "lenet": 16, "resnet18": 2}
 PRODUCT_BATCH = {"mlp": 256, "lenet": 256, "resnet18": 32}
 BUDGET = "2GiB"
+NTK_BUDGET = {"mlp": "2GiB", "lenet": "2GiB", "resnet18": "3GiB"}   # one ResNet-18 sample's rows: 0.45 GB + work
 
 
-def bench_ntk(name, n=None, repeat=3):
+def bench_ntk(name, n=None, repeat=5):
     from gconv.jacobian import ntk, Jacobian, ntk_cost_model
     model, shape = build(name)
     n = n or NTK_SHAPES[name]
@@ -208,7 +209,7 @@ def bench_ntk(name, n=None, repeat=3):
         "torch.func ntk-vp": lambda: tf_ntk_vp(model, params, x1, x2),
     }
     for m in ("structured", "jacobian_contraction", "ntk_vector_products", "auto"):
-        cands[f"gconv {m}"] = (lambda m=m: ntk(model, x1, x2, method=m, memory_budget=BUDGET))
+        cands[f"gconv {m}"] = (lambda m=m: ntk(model, x1, x2, method=m, memory_budget=NTK_BUDGET[name]))
     errs = {label: float((fn() - ref).abs().max() / ref.abs().max()) for label, fn in cands.items()}
     for label, (t, mem) in measure(cands, repeat).items():
         rows[label] = dict(seconds=t, peak_rss_growth=mem, rel_err_vs_contraction=errs[label])
@@ -217,12 +218,12 @@ def bench_ntk(name, n=None, repeat=3):
     best = min(rows[k]["seconds"] for k in rows if k.startswith("torch.func"))
     for k in rows:
         rows[k]["speedup_vs_best_torch_func"] = best / rows[k]["seconds"]
-    auto = ntk_cost_model(Jacobian(model, x1, memory_budget=BUDGET), n, n, symmetric=False)["choice"]
+    auto = ntk_cost_model(Jacobian(model, x1, memory_budget=NTK_BUDGET[name]), n, n, symmetric=False)["choice"]
     return dict(model=name, n1=n, n2=n, m_y=10, d=sum(p.numel() for p in model.parameters()), auto_choice=auto,
                 methods=rows)
 
 
-def bench_products(name, n=None, repeat=3):
+def bench_products(name, n=None, repeat=5):
     from gconv.jacobian import Jacobian
     model, shape = build(name)
     n = n or PRODUCT_BATCH[name]
@@ -289,7 +290,8 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     models = ["lenet"] if a.quick else ["mlp", "lenet", "resnet18"]
-    report = dict(environment=environment(), budget=BUDGET, ntk=[], products=[], alignment=None)
+    report = dict(environment=environment(), budget=BUDGET, ntk_budget=NTK_BUDGET, ntk=[], products=[],
+                  alignment=None, load_average_before=os.getloadavg())
     print(f"gconv.jacobian benchmarks on {report['environment']['cpu']} ({torch.get_num_threads()} threads)")
     if "ntk" not in a.skip:
         for m in models:
@@ -298,7 +300,11 @@ def main(argv=None):
         for m in models:
             report["products"].append(bench_products(m))
     if "alignment" not in a.skip:
-        report["alignment"] = bench_alignment(200 if a.quick else 1000)
+        n = 200 if a.quick else 1000
+        report["alignment"] = [bench_alignment(n, ("gram",), torch.float64),
+                               bench_alignment(n, ("gram",), torch.float32),
+                               bench_alignment(n, ("lsmr",), torch.float64, maxiter=100)]
+    report["load_average_after"] = os.getloadavg()
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"jacobian-cpu-{os.cpu_count()}cores{'-quick' if a.quick else ''}.json")
     from gconv._utils import dumps

@@ -366,15 +366,24 @@ class TangentModel:
         if unused:
             raise ValueError(f"{self.who}: selected parameters do not affect the model output (they are not used "
                              f"in the forward pass): {unused}; deselect them (params=...) or freeze them")
-        # activation memory (bytes saved for backward) and FLOPs per sample
-        saved = [0]
+        # activation memory per sample: bytes saved for backward, without parameters / buffers (a Linear
+        # saves its weight), and as the difference between batches of k and 1 samples (constants cancel)
+        fixed = {t.untyped_storage().data_ptr() for t in list(self.theta.values()) + list(self.rest.values())
+                 if isinstance(t, torch.Tensor)}
 
-        def pack(t):
-            saved[0] += t.numel() * t.element_size()
-            return t
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            o = self.f(leaves, x)
-        self.act_bytes = max(saved[0] // k, 1) + self.m_y * self.itemsize
+        def saved_bytes(xb):
+            tot = [0]
+
+            def pack(t):
+                if t.untyped_storage().data_ptr() not in fixed:
+                    tot[0] += t.numel() * t.element_size()
+                return t
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                self.f(leaves, xb)
+            return tot[0]
+        s_k = saved_bytes(x)
+        per = (s_k - saved_bytes(x[:1])) / (k - 1) if k > 1 else s_k
+        self.act_bytes = int(max(per, s_k / k / 4, 1)) + self.m_y * self.itemsize
         try:
             from torch.utils.flop_counter import FlopCounterMode
             with FlopCounterMode(display=False) as fc, torch.no_grad():

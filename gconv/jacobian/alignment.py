@@ -16,17 +16,19 @@ Routes (``method``):
     * ``INCONCLUSIVE``: anything else (iteration limit, condition limit, a least-squares point too
       close to call).
 
-``"gram"`` — K = J Jᵀ (streamed by :func:`ntk_gram`, fp64), a = (K + δI)⁻¹ y by Cholesky, x = Jᵀa and
-    the same a-posteriori residual check for ``ALIGNED``; otherwise the numerically-null eigenspace of K
-    (numpy ``matrix_rank`` semantics applied to J's singular values σ_i = √λ_i, but no finer than the
-    eigenvalue resolution of the computed Gram, 10·N·eps·λ_max) gives the distance of y from Col(J) at
-    that rank: ``NOT_ALIGNED`` when it exceeds tol·‖y‖ (a numerical verdict at that rank).
+``"gram"`` — K = J Jᵀ (streamed by :func:`ntk_gram`, accumulated in fp64), a = (K + τI)⁻¹ y by one
+    in-place Cholesky, x = Jᵀa and the same a-posteriori residual check on J for ``ALIGNED``. τ is the
+    noise level of the computed J and Gram (:func:`gram_noise_level`); τ·a = y − K a, the Tikhonov
+    residual, is the part of y that J resolves only at singular values ≲ √τ: ``NOT_ALIGNED`` when it
+    exceeds tol·‖y‖ — a numerical verdict at that noise level (as ``matrix_rank`` is a numerical
+    rank) — and ``INCONCLUSIVE`` when y is resolved in K but the residual on J (in J's dtype) cannot
+    be brought below tol.
 
 ``"exact"`` — K as for "gram", then ``gconv.linalg.in_column_space(K, y)`` (Col(J Jᵀ) = Col(J)): a
     certified verdict about the computed K, reported with ``gconv.linalg``'s certificate.
 
 ``"auto"`` — "exact" when n·m_y ≤ ``exact_max_rows`` and gconv.linalg provides it; else "gram"
-when K fits in half the memory budget and n·m_y ≤ ``exact_max_rows``; else "lsmr".
+when K and one copy (2·(n·m_y)² float64) fit in the memory budget; else "lsmr".
 """
 from __future__ import annotations
 
@@ -143,10 +145,9 @@ def check_alignment(J: Jacobian, y: torch.Tensor, *, method="auto", tol=None, at
     if method not in ("auto", "lsmr", "lsqr", "gram", "exact"):
         raise ValueError(f"alignment: method must be 'auto', 'lsmr', 'lsqr', 'gram' or 'exact', got {method!r}")
     if method == "auto":
-        gram_bytes = 2 * N * N * 8
         if N <= exact_max_rows and _linalg_has("in_column_space"):
             method = "exact"
-        elif N <= exact_max_rows and gram_bytes <= J.memory_budget:
+        elif 2 * N * N * 8 <= J.memory_budget:           # K and one copy, float64
             method = "gram"
         else:
             method = "lsmr"
@@ -245,12 +246,14 @@ def _cholesky_solve_inplace(K: torch.Tensor, shift: float, rhs: torch.Tensor):
 
 
 def _gram_route(J: Jacobian, y, method, tol, t0, base, progress):
-    from gconv.jacobian.ntk import _gram
+    from gconv.jacobian.ntk import _gram, ntk_cost_model
     ynorm = base["target_norm"]
-    K = _gram(J, None, method="auto", trace=False, diagonal_only=False, progress=progress, acc_dtype=torch.float64)
+    how = ntk_cost_model(J)["choice"]
+    how = "jacobian_contraction" if how == "ntk_vector_products" else how     # products accumulated in fp64
+    K = _gram(J, None, method=how, trace=False, diagonal_only=False, progress=progress, acc_dtype=torch.float64)
     yd = y.to(torch.float64)
     tau = gram_noise_level(J, K)
-    cert = {"gram": "K = J Jᵀ accumulated in float64", "noise_level": tau, "lambda_max_bound": float(K.diagonal().sum())}
+    cert = {"gram": f"K = J Jᵀ accumulated in float64 ({how})", "noise_level": tau, "lambda_max_bound": float(K.diagonal().sum())}
     if method == "exact":
         import gconv.linalg as GL
         ics = GL.in_column_space(K, yd)

@@ -408,7 +408,8 @@ class _GramEngine:
             raise MemoryError(f"ntk: one sample's Jacobian features need about {format_bytes(comp)}, more than half "
                               f"the memory budget {format_bytes(budget)}; raise memory_budget or select fewer "
                               "parameters")
-        self.panel = max(self.chunk, int(budget // 4 // max(self.feat_bytes, 1.0)))
+        # the panel's features persist while one streamed chunk is computed (its working set ≤ chunk·comp)
+        self.panel = max(self.chunk, int((budget - self.chunk * comp) // max(self.feat_bytes, 1.0)))
         # samples per side of one block product (its result, (tile·m_y)² float64, within budget/16)
         self.tile = max(1, int(math.sqrt(budget / 16 / 8) / tm.m_y))
         if fixed:
@@ -453,12 +454,16 @@ def _nvp_block(JA: Jacobian, s, e, R: torch.Tensor, budget) -> torch.Tensor:
 
 
 def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, out=None, progress=False,
-          acc_dtype=None):
+          acc_dtype=None, checkpoint=None):
     """Θ over JA's data (× JB's, or symmetric when JB is None) as a dense tensor.
 
     ``acc_dtype`` (e.g. float64): products are accumulated in it, tile by tile (the Gram of the
-    computed fp32 Jacobian, formed in fp64)."""
+    computed fp32 Jacobian, formed in fp64). ``checkpoint``: a :class:`_Checkpoint` (tiles done so far)."""
     eng = _GramEngine(JA, method, None if JB is None else JB.n)
+    if checkpoint is not None:
+        if eng.method == "ntk_vector_products":
+            eng = _GramEngine(JA, "jacobian_contraction")
+        checkpoint.bind(eng)
     tm, m = JA.tm, JA.m_y
     nA = JA.n
     symmetric = JB is None
@@ -494,56 +499,124 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
         for s in range(0, nB, chunk):
             e = min(s + chunk, nB)
             R = eng.features(JB, s, e).rows.reshape((e - s) * m, -1)    # J_B rows = J_Bᵀ on the basis
-            row_ranges = range(0, e if symmetric else nA, chunk)
-            for a in row_ranges:
-                b = min(a + chunk, nA)
-                if symmetric and a >= e:
-                    break
+            stop = e if symmetric else nA
+            # per-sample: row chunks; full batch: one forward-mode pass gives every row at once
+            ranges = [(a, min(a + chunk, stop)) for a in range(0, stop, chunk)] if JA.tm.per_sample else [(0, stop)]
+            for a, b in ranges:
                 blk = _nvp_block(JA, a, b, R, JA.memory_budget).reshape(b - a, m, e - s, m)
                 if trace:
                     blk = blk.diagonal(dim1=1, dim2=3).sum(-1)
-                if symmetric and a == s:
-                    blk = _sym(blk, trace)
-                _put(K4, blk, a, b, s, e, trace)
-                if symmetric and a != s:
-                    _put(K4, blk.T if trace else blk.permute(2, 3, 0, 1), s, e, a, b, trace)
+                if not symmetric:
+                    _put(K4, blk, a, b, s, e, trace)
+                    bar.update(1)
+                    continue
+                off = min(b, s) - a                      # rows a .. s-1: strictly above the diagonal block
+                if off > 0:
+                    _put(K4, blk[:off], a, a + off, s, e, trace)
+                    _put(K4, blk[:off].T if trace else blk[:off].permute(2, 3, 0, 1), s, e, a, a + off, trace)
+                if b > s:                                # rows s .. e-1: the diagonal block
+                    _put(K4, _sym(blk[off:], trace), s, e, s, e, trace)
                 bar.update(1)
         bar.close()
         return K
     bar = _progress(total=nA, desc=f"ntk ({eng.method})", enabled=bool(progress), unit="sample")
-    for (i0, i1), (j0, j1), blk in _tiles(eng, JA, JB, symmetric, trace, acc_dtype, bar):
+    skip = checkpoint.done_tile if checkpoint is not None else None
+    for (i0, i1), (j0, j1), blk in _tiles(eng, JA, JB, symmetric, trace, acc_dtype, bar, skip):
         _put(K4, blk, i0, i1, j0, j1, trace)
         if symmetric and i0 != j0:
             _put(K4, blk.T if trace else blk.permute(2, 3, 0, 1), j0, j1, i0, i1, trace)
+        if checkpoint is not None:
+            checkpoint.mark(i0, j0)
     bar.close()
+    if checkpoint is not None:
+        checkpoint.save(final=True)
     return K
 
 
-def _tiles(eng, JA, JB, symmetric, trace, acc, bar=None):
+class _Checkpoint:
+    """Progress of a file-backed Gram: the tiles already written, in ``<file>.progress.json``.
+
+    The tiling (panel, chunk, tile sizes) is stored with it and reused on resume, so tile keys match."""
+
+    def __init__(self, path, meta: dict, resume: bool, every_s: float = 30.0):
+        import json
+        import os
+        import time
+        self.path, self.meta, self.every_s, self._t = path + ".progress.json", meta, every_s, time.monotonic()
+        self.done, self.tiling = set(), None
+        if resume and os.path.exists(self.path):
+            with open(self.path) as fh:
+                st = json.load(fh)
+            if st.get("meta") != meta:
+                raise ValueError(f"ntk_gram: {self.path} belongs to another computation ({st.get('meta')}); remove it "
+                                 "or pass resume=False")
+            self.done = {tuple(t) for t in st["done"]}
+            self.tiling = st["tiling"]
+
+    def bind(self, eng):
+        if self.tiling is not None:
+            eng.panel, eng.chunk, eng.tile = self.tiling
+        self.tiling = [eng.panel, eng.chunk, eng.tile]
+
+    def done_tile(self, i0, j0):
+        return (i0, j0) in self.done
+
+    def mark(self, i0, j0):
+        import time
+        self.done.add((i0, j0))
+        if time.monotonic() - self._t > self.every_s:
+            self.save()
+
+    def save(self, final=False):
+        import json
+        import os
+        import time
+        if self.flush is not None:
+            self.flush()
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"meta": self.meta, "tiling": self.tiling, "done": sorted(self.done), "complete": final}, fh)
+        os.replace(tmp, self.path)
+        self._t = time.monotonic()
+
+    flush = None
+
+
+def _tiles(eng, JA, JB, symmetric, trace, acc, bar=None, skip=None):
     """Blocks Θ[i0:i1, j0:j1] of at most eng.tile samples a side: the upper triangle when symmetric
-    (diagonal tiles exactly symmetric); panels of features of JA are held while those of JB stream."""
+    (diagonal tiles exactly symmetric); panels of features of JA are held while those of JB stream.
+    ``skip(i0, j0)``: tiles already done (their features are not computed when a whole panel or stream
+    chunk is done)."""
     nA, nB = JA.n, JB.n
     T = eng.tile
+    skip = skip or (lambda i0, j0: False)
     for p0 in range(0, nA, eng.panel):
         p1 = min(p0 + eng.panel, nA)
-        FA = eng.features(JA, p0, p1)
-        if symmetric:
-            for i0 in range(p0, p1, T):
-                i1 = min(i0 + T, p1)
-                Fi = FA.slice(i0 - p0, i1 - p0)
-                for j0 in range(i0, p1, T):
-                    j1 = min(j0 + T, p1)
-                    blk = Fi.block(FA.slice(j0 - p0, j1 - p0), trace, acc)
-                    yield (i0, i1), (j0, j1), (_sym(blk, trace) if i0 == j0 else blk)
+        inner = [(i0, j0) for i0 in range(p0, p1, T) for j0 in range(i0, p1, T)] if symmetric else []
+        streams = []
         for s in range(p1 if symmetric else 0, nB, eng.chunk):
             e = min(s + eng.chunk, nB)
+            streams.append((s, e, [(i0, j0) for i0 in range(p0, p1, T) for j0 in range(s, e, T)]))
+        if all(skip(*t) for t in inner) and all(skip(*t) for _, _, ts in streams for t in ts):
+            if bar is not None:
+                bar.update(p1 - p0)
+            continue
+        FA = eng.features(JA, p0, p1)
+        for i0, j0 in inner:
+            if skip(i0, j0):
+                continue
+            i1, j1 = min(i0 + T, p1), min(j0 + T, p1)
+            blk = FA.slice(i0 - p0, i1 - p0).block(FA.slice(j0 - p0, j1 - p0), trace, acc)
+            yield (i0, i1), (j0, j1), (_sym(blk, trace) if i0 == j0 else blk)
+        for s, e, ts in streams:
+            if all(skip(*t) for t in ts):
+                continue
             FB = eng.features(JB, s, e)
-            for i0 in range(p0, p1, T):
-                i1 = min(i0 + T, p1)
-                Fi = FA.slice(i0 - p0, i1 - p0)
-                for j0 in range(s, e, T):
-                    j1 = min(j0 + T, e)
-                    yield (i0, i1), (j0, j1), Fi.block(FB.slice(j0 - s, j1 - s), trace, acc)
+            for i0, j0 in ts:
+                if skip(i0, j0):
+                    continue
+                i1, j1 = min(i0 + T, p1), min(j0 + T, e)
+                yield (i0, i1), (j0, j1), FA.slice(i0 - p0, i1 - p0).block(FB.slice(j0 - s, j1 - s), trace, acc)
         if bar is not None:
             bar.update(p1 - p0)
 
@@ -576,21 +649,44 @@ def ntk(model, x1, x2=None, params=None, method="auto", *, trace=False, chunk_si
 
 
 def ntk_gram(model, data, params=None, *, method="auto", trace=False, diagonal_only=False, chunk_size=None,
-             memory_budget=None, coupling="auto", forward_ad="auto", param_values=None, out=None,
+             memory_budget=None, coupling="auto", forward_ad="auto", param_values=None, out=None, resume=False,
              progress=None) -> torch.Tensor:
     """The NTK Gram K = J Jᵀ over a whole data set, streamed in blocks (upper triangle computed).
 
     Returns (n·m_y, n·m_y) with rows sample-major as :class:`Jacobian`; (n, n) with ``trace=True``;
-    (n, m_y, m_y) / (n,) with ``diagonal_only=True``. ``out``: a preallocated tensor to fill (e.g. a
-    ``torch.from_numpy`` view of a numpy memmap). With a coupled model (train-mode BatchNorm) the
+    (n, m_y, m_y) / (n,) with ``diagonal_only=True``. With a coupled model (train-mode BatchNorm) the
     Gram is that of the whole-data-set function f_X(θ) (``coupling`` as in :class:`Jacobian`).
+
+    ``out``: a preallocated tensor to fill, or a path to a ``.npy`` file, memory-mapped (created if
+    missing) — then the tiles written so far are recorded in ``<out>.progress.json`` (every 30 s and
+    at the end) and ``resume=True`` continues an interrupted run, skipping them.
     """
+    import os
     import sys
+    import numpy as np
     if progress is None:
         progress = sys.stderr.isatty()
     J = Jacobian(model, data, params, chunk_size=chunk_size, memory_budget=memory_budget, coupling=coupling,
                  forward_ad=forward_ad, param_values=param_values)
-    return _gram(J, None, method=method, trace=trace, diagonal_only=diagonal_only, out=out, progress=progress)
+    ckpt = None
+    if isinstance(out, (str, os.PathLike)):
+        if diagonal_only:
+            raise ValueError("ntk_gram: a file-backed out= is for the full Gram (diagonal_only=False)")
+        path = os.fspath(out)
+        shape = (J.n, J.n) if trace else (J.n * J.m_y, J.n * J.m_y)
+        npdt = torch.empty((), dtype=J.dtype).numpy().dtype
+        exists = resume and os.path.exists(path)
+        mm = np.lib.format.open_memmap(path, mode="r+" if exists else "w+", dtype=npdt, shape=None if exists else shape)
+        if mm.shape != shape or mm.dtype != npdt:
+            raise ValueError(f"ntk_gram: {path} holds a {mm.dtype} array of shape {mm.shape}, expected {npdt} {shape}")
+        meta = dict(n=J.n, m_y=J.m_y, d=J.d, trace=bool(trace), dtype=str(npdt), params=J.param_names[:50])
+        ckpt = _Checkpoint(path, meta, resume)
+        ckpt.flush = mm.flush
+        out = torch.from_numpy(mm)
+    elif resume:
+        raise ValueError("ntk_gram: resume=True needs out= a .npy path")
+    return _gram(J, None, method=method, trace=trace, diagonal_only=diagonal_only, out=out, progress=progress,
+                 checkpoint=ckpt)
 
 
 def gram_blocks(Js, method="auto", *, trace=False, acc_dtype=None):

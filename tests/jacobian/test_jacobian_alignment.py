@@ -86,10 +86,11 @@ def test_binary_cross_entropy_and_train_mode_batchnorm():
     m, X = make("cnn", n=5)
     m.train()                                   # coupled: the whole-data-set function is differentiated
     Y = (torch.arange(15).reshape(5, 3) % 2).double()
-    r = alignment(m, (X, Y), nn.BCEWithLogitsLoss(), method="lsmr")
-    assert r.coupling == "full_batch" and r.verdict == "ALIGNED"
     D = reference_jacobian(m, X)
-    torch.testing.assert_close(D @ r.solution, (2 * Y - 1).reshape(-1), rtol=1e-6, atol=1e-6)
+    for method in ("lsmr", "gram"):
+        r = alignment(m, (X, Y), nn.BCEWithLogitsLoss(), method=method)
+        assert r.coupling == "full_batch" and r.verdict == "ALIGNED", r.message
+        torch.testing.assert_close(D @ r.solution, (2 * Y - 1).reshape(-1), rtol=1e-6, atol=1e-6)
 
 
 def test_inconclusive_json_and_auto():
@@ -104,6 +105,8 @@ def test_inconclusive_json_and_auto():
     r = alignment(m, (X, y_in.reshape(-1, 2)), "squared")
     assert r.method == ("exact" if hasattr(GL, "in_column_space") else "gram")
     r = alignment(m, (X, y_in.reshape(-1, 2)), "squared", exact_max_rows=10)
+    assert r.method == "gram"                          # no certification by row count; K fits the budget
+    r = alignment(m, (X, y_in.reshape(-1, 2)), "squared", exact_max_rows=10, memory_budget=2 * 60 * 60 * 8 - 1)
     assert r.method == "lsmr" and r.verdict == "ALIGNED"
     assert alignment(m, (X, torch.zeros(30, 2, dtype=torch.float64)), "squared").verdict == "ALIGNED"
 
