@@ -168,14 +168,14 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def measure(cands: dict, repeat=3) -> dict:
-    """{label: fn} → {label: (median seconds, peak RSS growth)}; timed rounds interleave the candidates so
-    that a changing machine load affects all of them alike."""
-    mem = {}
+def measure(cands: dict, repeat=3, check=None) -> dict:
+    """{label: fn} → {label: (median seconds, peak RSS growth, check(first output))}; the timed rounds
+    interleave the candidates so that a changing machine load affects all of them alike."""
+    mem, chk = {}, {}
     for label, fn in cands.items():
-        fn()                                        # warm-up
-        with PeakRSS() as m:
+        with PeakRSS() as m:                        # first call: warm-up, memory, correctness
             out = fn()
+        chk[label] = check(out) if check is not None else None
         del out
         mem[label] = m.growth
     times = {label: [] for label in cands}
@@ -185,13 +185,14 @@ def measure(cands: dict, repeat=3) -> dict:
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)
-    return {label: (statistics.median(times[label]), mem[label]) for label in cands}
+    return {label: (statistics.median(times[label]), mem[label], chk[label]) for label in cands}
 
 
 # ------------------------------------------------------------------ benchmark sections
 NTK_SHAPES = {"mlp": 2, "lenet": 16, "resnet18": 2}
 PRODUCT_BATCH = {"mlp": 256, "lenet": 256, "resnet18": 32}
 BUDGET = "2GiB"
+REPEAT = {"resnet18": 2}
 NTK_BUDGET = {"mlp": "2GiB", "lenet": "2GiB", "resnet18": "3GiB"}   # one ResNet-18 sample's rows: 0.45 GB + work
 
 
@@ -210,11 +211,12 @@ def bench_ntk(name, n=None, repeat=5):
     }
     for m in ("structured", "jacobian_contraction", "ntk_vector_products", "auto"):
         cands[f"gconv {m}"] = (lambda m=m: ntk(model, x1, x2, method=m, memory_budget=NTK_BUDGET[name]))
-    errs = {label: float((fn() - ref).abs().max() / ref.abs().max()) for label, fn in cands.items()}
-    for label, (t, mem) in measure(cands, repeat).items():
-        rows[label] = dict(seconds=t, peak_rss_growth=mem, rel_err_vs_contraction=errs[label])
+    def err(out):
+        return float((out - ref).abs().max() / ref.abs().max())
+    for label, (t, mem, e) in measure(cands, REPEAT.get(name, repeat), err).items():
+        rows[label] = dict(seconds=t, peak_rss_growth=mem, rel_err_vs_contraction=e)
         print(f"  {name:9s} NTK {n}x{n}x10x10  {label:28s} {t * 1e3:10.1f} ms  peak +{format_bytes(mem):>10s}"
-              f"  rel.err {errs[label]:.1e}", flush=True)
+              f"  rel.err {e:.1e}", flush=True)
     best = min(rows[k]["seconds"] for k in rows if k.startswith("torch.func"))
     for k in rows:
         rows[k]["speedup_vs_best_torch_func"] = best / rows[k]["seconds"]
@@ -243,7 +245,7 @@ def bench_products(name, n=None, repeat=5):
              "gconv Jacobian.mv": lambda: J.mv(vf),
              "torch.func.vjp (whole batch)": lambda: vjp(f, params)[1](u),
              "gconv Jacobian.rmv": lambda: J.rmv(uf)}
-    for label, (t, mem) in measure(cands, repeat).items():
+    for label, (t, mem, _) in measure(cands, REPEAT.get(name, repeat)).items():
         res[label] = dict(seconds=t, samples_per_s=n / t, peak_rss_growth=mem)
         print(f"  {name:9s} products n={n:<5d} {label:30s} {t * 1e3:9.1f} ms  {n / t:10.0f} samples/s  peak "
               f"+{format_bytes(mem)}", flush=True)
@@ -284,32 +286,41 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="LeNet only, smaller alignment check")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--models", nargs="*", default=None, help="mlp lenet resnet18 (default: all)")
+    p.add_argument("--sections", nargs="*", default=["ntk", "products", "alignment"])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: ntk products alignment")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    models = ["lenet"] if a.quick else ["mlp", "lenet", "resnet18"]
-    report = dict(environment=environment(), budget=BUDGET, ntk_budget=NTK_BUDGET, ntk=[], products=[],
-                  alignment=None, load_average_before=os.getloadavg())
-    print(f"gconv.jacobian benchmarks on {report['environment']['cpu']} ({torch.get_num_threads()} threads)")
-    if "ntk" not in a.skip:
+    models = a.models or (["lenet"] if a.quick else ["mlp", "lenet", "resnet18"])
+    report = dict(environment=environment(), threads=torch.get_num_threads(), budget=BUDGET, ntk_budget=NTK_BUDGET,
+                  ntk=[], products=[], alignment=[], load_average_before=os.getloadavg())
+    os.makedirs(a.out, exist_ok=True)
+    tag = f"t{torch.get_num_threads()}-" + "-".join(a.sections) + "-" + "-".join(models) + ("-quick" if a.quick else "")
+    path = os.path.join(a.out, f"jacobian-cpu-{os.cpu_count()}cores-{tag}.json")
+    from gconv._utils import dumps
+
+    def save():
+        report["load_average_after"] = os.getloadavg()
+        with open(path, "w") as fh:
+            fh.write(dumps(report, indent=1))
+    print(f"gconv.jacobian benchmarks on {report['environment']['cpu']} ({torch.get_num_threads()} threads), "
+          f"load average {os.getloadavg()}")
+    if "ntk" in a.sections:
         for m in models:
             report["ntk"].append(bench_ntk(m))
-    if "products" not in a.skip:
+            save()
+    if "products" in a.sections:
         for m in models:
             report["products"].append(bench_products(m))
-    if "alignment" not in a.skip:
+            save()
+    if "alignment" in a.sections:
         n = 200 if a.quick else 1000
-        report["alignment"] = [bench_alignment(n, ("gram",), torch.float64),
-                               bench_alignment(n, ("gram",), torch.float32),
-                               bench_alignment(n, ("lsmr",), torch.float64, maxiter=100)]
-    report["load_average_after"] = os.getloadavg()
-    os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, f"jacobian-cpu-{os.cpu_count()}cores{'-quick' if a.quick else ''}.json")
-    from gconv._utils import dumps
-    with open(path, "w") as fh:
-        fh.write(dumps(report, indent=1))
+        for args in ((("gram",), torch.float64), (("gram",), torch.float32)):
+            report["alignment"].append(bench_alignment(n, *args))
+            save()
+        report["alignment"].append(bench_alignment(n, ("lsmr",), torch.float32, maxiter=30))
+        save()
     print("wrote", path)
     return 0
 

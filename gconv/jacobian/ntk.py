@@ -43,7 +43,6 @@ from gconv.jacobian.operator import Jacobian
 
 _PLANS = weakref.WeakKeyDictionary()   # model -> {structure key: (served modules, kernel-rule modules)}
 METHODS = ("auto", "jacobian_contraction", "ntk_vector_products", "structured")
-_AD_WEIGHT = 3.0
 
 
 # ------------------------------------------------------------------ features
@@ -217,11 +216,13 @@ class StructuredPlan:
         key = (tuple(tm.names), tuple(J.data.slice(0, 1).x.shape[1:]),
                tuple((id(m), m.training) for m in tm.model.modules()))
         cached = _PLANS.setdefault(tm.model, {}).get(key)
+        self.dense_flops = 0.0
         if cached is not None:
-            self.mods, self.kernel_mods = dict(cached[0]), list(cached[1])
+            self.mods, self.kernel_mods, self.dense_flops = dict(cached[0]), list(cached[1]), cached[2]
         elif self.mods:
             k = min(2, J.n)
             rec = self._forward_records(tm.prep(J.data.slice(0, k).x), need_grad=False)
+            mods = dict(tm.model.named_modules())
             for name in list(self.mods):
                 calls = rec[name]
                 if not calls or any(a.shape[0] != k or o_shape[0] != k for a, o_shape in calls):
@@ -229,7 +230,15 @@ class StructuredPlan:
                     continue
                 if self.mods[name][0] == "linear" and len(calls) == 1 and calls[0][0].dim() == 2:
                     self.kernel_mods.append(name)
-        _PLANS[tm.model][key] = (dict(self.mods), list(self.kernel_mods))
+                else:   # per-sample weight gradient Σ_p g_p ⊗ a_p for every output: 2·m_y·|W|·positions
+                    w = mods[name].weight.numel()
+                    pos = sum(math.prod(o[2:]) if self.mods[name][0] == "conv2d" else math.prod(o[1:-1])
+                              for _, o in calls)
+                    self.dense_flops += 2.0 * tm.m_y * w * max(pos, 1)
+        else:
+            self.dense_flops = 0.0
+        if cached is None:
+            _PLANS[tm.model][key] = (dict(self.mods), list(self.kernel_mods), self.dense_flops)
         owner = {}
         for name, (kind, w, b) in self.mods.items():
             if w:
@@ -348,8 +357,23 @@ class StructuredPlan:
 
 
 # ------------------------------------------------------------------ cost model
+# Costs in forward-pass FLOP equivalents, calibrated on a 2-core CPU (one thread) with a pre-activation
+# ResNet-18 and LeNet: per-sample rows by vmap(jacrev) ≈ (1 + 4.3·m_y)·F, a forward-mode product ≈ 2.2·F
+# per direction and sample, gradients w.r.t. layer outputs ≈ (1 + 2·m_y)·F, and a GEMM or einsum FLOP ≈
+# 0.4 of a forward FLOP (GEMMs run faster than the memory-bound parts of a forward pass).
+_ROWS, _JVP, _ACT_GRADS, _GEMM = 4.3, 2.2, 2.0, 0.4
+
+
 def ntk_cost_model(J: Jacobian, n1: int | None = None, n2: int | None = None, *, symmetric: bool = True) -> dict:
-    """Estimated work (weighted FLOPs) of each method for an (n1 × n2) NTK over ``J``'s model and params.
+    """Estimated work of each NTK method for an (n1 × n2) block over ``J``'s model and parameters.
+
+    In forward-FLOP equivalents (F = forward FLOPs of one sample, measured with
+    ``torch.utils.flop_counter``; pairs = n1·n2, or n(n+1)/2 when symmetric):
+
+    * contraction:          (n1 + n2)·(1 + 4.3·m_y)·F + 0.4·2·pairs·m_y²·d
+    * ntk-vector products:  n2·(1 + 4.3·m_y)·F + pairs·m_y·2.2·F
+    * structured:           (n1 + n2)·((1 + 2·m_y)·F + 0.4·(per-sample weight-gradient FLOPs of conv /
+      multi-position layers) + rows of the other parameters) + 0.4·2·pairs·(Σ_linear(in + m_y²·out) + m_y²·d_dense)
 
     Returns ``{"costs": {method: work or None (unavailable)}, "choice": method, "why": {...}}``.
     """
@@ -359,17 +383,16 @@ def ntk_cost_model(J: Jacobian, n1: int | None = None, n2: int | None = None, *,
     F, d, m = tm.forward_flops, tm.d, tm.m_y
     pairs = n1 * (n1 + 1) / 2 if symmetric else n1 * n2
     samples = n1 if symmetric else n1 + n2
-    rows = _AD_WEIGHT * (F + 2 * m * F)
-    costs = {"jacobian_contraction": rows * samples + 2 * pairs * m * m * d,
-             "ntk_vector_products": rows * (n1 if symmetric else n2) + _AD_WEIGHT * pairs * m * 3 * F}
+    rows = (1 + _ROWS * m) * F
+    costs = {"jacobian_contraction": rows * samples + _GEMM * 2 * pairs * m * m * d,
+             "ntk_vector_products": rows * (n1 if symmetric else n2) + pairs * m * _JVP * F}
     why = {}
     if tm.per_sample:
         plan = StructuredPlan(J)
         if plan.mods:
             lin = sum(i + m * m * o for i, o in plan.kernel_dims.values())
-            rest_rows = _AD_WEIGHT * (F + 2 * m * F) if plan.rest else 0.0
-            costs["structured"] = (_AD_WEIGHT * (F + m * F) + rest_rows) * samples + \
-                2 * pairs * (lin + m * m * plan.d_dense)
+            per_sample = (1 + _ACT_GRADS * m) * F + _GEMM * plan.dense_flops + (rows if plan.rest else 0.0)
+            costs["structured"] = per_sample * samples + _GEMM * 2 * pairs * (lin + m * m * plan.d_dense)
         else:
             costs["structured"] = None
             why["structured"] = "no selected parameter belongs to an nn.Linear / nn.Conv2d layer"
@@ -434,10 +457,10 @@ def _sym(blk, trace):
     return 0.5 * (blk + blk.T) if trace else 0.5 * (blk + blk.permute(2, 3, 0, 1))
 
 
-def _nvp_block(JA: Jacobian, s, e, R: torch.Tensor, budget) -> torch.Tensor:
-    """Θ(x_s..e, ·) against directions R (k, d) by forward-mode products: (e-s, m_y, k)."""
+def _nvp_block(JA: Jacobian, s, e, R: dict, budget) -> torch.Tensor:
+    """Θ(x_s..e, ·) against directions R = {name: (k, *shape)} by forward-mode products: (e-s, m_y, k)."""
     tm = JA.tm
-    k = R.shape[0]
+    k = next(iter(R.values())).shape[0]
     if tm.per_sample:
         x = tm.prep(JA.data.slice(s, e).x)
         c = e - s
@@ -447,8 +470,7 @@ def _nvp_block(JA: Jacobian, s, e, R: torch.Tensor, budget) -> torch.Tensor:
     g = max(1, min(k, int(budget // 2 // max(c * tm.bytes_per_sample("jv"), 1.0))))
     out = []
     for j0 in range(0, k, g):
-        tang = tm.unflatten(R[j0:j0 + g].T)
-        out.append(tm.jv_many(x, tang))            # (g, c, m_y)
+        out.append(tm.jv_many(x, {n: t[j0:j0 + g] for n, t in R.items()}))     # (g, c, m_y)
     res = torch.cat(out).permute(1, 2, 0)          # (c, m_y, k)
     return res if tm.per_sample else res[s:e]
 
@@ -493,22 +515,28 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
     K4 = K if trace else K.view(nA, m, nB, m)
     if eng.method == "ntk_vector_products":
         chunk = eng.chunk
-        nblk = -(-nB // chunk)
-        total = nblk * (nblk + 1) // 2 if symmetric else nblk * -(-nA // chunk)
-        bar = _progress(total=total, desc="ntk (nvp)", enabled=bool(progress), unit="block")
+        bar = _progress(total=-(-nB // chunk), desc="ntk (nvp)", enabled=bool(progress), unit="column block")
         for s in range(0, nB, chunk):
             e = min(s + chunk, nB)
-            R = eng.features(JB, s, e).rows.reshape((e - s) * m, -1)    # J_B rows = J_Bᵀ on the basis
-            stop = e if symmetric else nA
-            # per-sample: row chunks; full batch: one forward-mode pass gives every row at once
-            ranges = [(a, min(a + chunk, stop)) for a in range(0, stop, chunk)] if JA.tm.per_sample else [(0, stop)]
+            x = JB.tm.prep(JB.data.slice(s, e).x) if JB.tm.per_sample else None
+            parts = JB._rows(s, e, x, parts=True)                          # J_B rows = J_Bᵀ on the output basis
+            R = {n: p.reshape((e - s) * m, *shp) for n, p, shp in zip(JB.param_names, parts, JB.tm.shapes)}
+            del parts
+            # per-sample: row chunks as large as forward-mode products allow (directions are grouped inside),
+            # the diagonal block on its own; full batch: one forward-mode pass gives every row at once
+            rc = max(chunk, JA.chunk_jv // 2)
+            if not JA.tm.per_sample:
+                ranges = [(0, e if symmetric else nA)]
+            elif symmetric:
+                ranges = [(a, min(a + rc, s)) for a in range(0, s, rc)] + [(s, e)]
+            else:
+                ranges = [(a, min(a + rc, nA)) for a in range(0, nA, rc)]
             for a, b in ranges:
                 blk = _nvp_block(JA, a, b, R, JA.memory_budget).reshape(b - a, m, e - s, m)
                 if trace:
                     blk = blk.diagonal(dim1=1, dim2=3).sum(-1)
                 if not symmetric:
                     _put(K4, blk, a, b, s, e, trace)
-                    bar.update(1)
                     continue
                 off = min(b, s) - a                      # rows a .. s-1: strictly above the diagonal block
                 if off > 0:
@@ -516,7 +544,7 @@ def _gram(JA: Jacobian, JB: Jacobian | None, *, method, trace, diagonal_only, ou
                     _put(K4, blk[:off].T if trace else blk[:off].permute(2, 3, 0, 1), s, e, a, a + off, trace)
                 if b > s:                                # rows s .. e-1: the diagonal block
                     _put(K4, _sym(blk[off:], trace), s, e, s, e, trace)
-                bar.update(1)
+            bar.update(1)
         bar.close()
         return K
     bar = _progress(total=nA, desc=f"ntk ({eng.method})", enabled=bool(progress), unit="sample")
