@@ -282,12 +282,46 @@ def bench_alignment(n=1000, methods=("gram", "lsmr"), dtype=torch.float32, maxit
     return dict(n=n, m_y=10, d=sum(p.numel() for p in model.parameters()), dtype=str(dtype), methods=out)
 
 
+def _memory_child(budget, n, q):
+    import resource
+    from gconv.jacobian import ntk_gram
+    torch.set_num_threads(1)
+    model, shape = build("lenet")
+    X = torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
+    ntk_gram(model, X[:4], trace=True, memory_budget=budget, method="jacobian_contraction")   # warm-up
+    base = current_rss_bytes()
+    t0 = time.perf_counter()
+    K = ntk_gram(model, X, trace=True, memory_budget=budget, method="jacobian_contraction")
+    t = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    q.put(dict(budget=budget, n=n, seconds=t, peak_rss_growth=peak - base, output_bytes=K.numel() * K.element_size()))
+
+
+def bench_memory(n=2000, budgets=("64MB", "256MB", "1GiB")):
+    """Peak memory of a streamed LeNet NTK Gram (trace, contraction) against the budget, each in a fresh
+    process (the allocator keeps what a previous run freed); the dense J alone would be n·10·61,706·4 B."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = []
+    for b in budgets:
+        q = ctx.Queue()
+        p = ctx.Process(target=_memory_child, args=(b, n, q))
+        p.start()
+        r = q.get()
+        p.join()
+        out.append(r)
+        print(f"  lenet ntk_gram n={n} trace contraction budget {b:>6s}: {r['seconds']:6.1f} s  peak +"
+              f"{format_bytes(r['peak_rss_growth'])} (output {format_bytes(r['output_bytes'])}; dense J would be "
+              f"{format_bytes(n * 10 * 61706 * 4)})", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="LeNet only, smaller alignment check")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", nargs="*", default=None, help="mlp lenet resnet18 (default: all)")
-    p.add_argument("--sections", nargs="*", default=["ntk", "products", "alignment"])
+    p.add_argument("--sections", nargs="*", default=["ntk", "products", "memory", "alignment"])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     a = p.parse_args(argv)
     if a.threads:
@@ -314,6 +348,9 @@ def main(argv=None):
         for m in models:
             report["products"].append(bench_products(m))
             save()
+    if "memory" in a.sections:
+        report["memory"] = bench_memory()
+        save()
     if "alignment" in a.sections:
         n = 200 if a.quick else 1000
         for args in ((("gram",), torch.float64), (("gram",), torch.float32)):

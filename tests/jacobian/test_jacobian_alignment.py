@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from gconv._utils import dumps, to_jsonable
-from gconv.jacobian import (Jacobian, QTracker, alignment, gradient_basis_gap, ntk_gram,
-                            representation_change)
+from gconv.jacobian import QTracker, alignment, gradient_basis_gap, representation_change
 
 from _jacobian_models import MLP, make, reference_jacobian
 

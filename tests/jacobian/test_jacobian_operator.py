@@ -1,6 +1,5 @@
 """gconv.jacobian.Jacobian against float64 dense torch.func.jacrev; products, selection, coupling, errors."""
 import copy
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gconv.jacobian import Jacobian, select_parameters
 from gconv.jacobian._functional import TransformError
 
-from _jacobian_models import MLP, CNNBN, make, reference_jacobian, reference_jacobian_autograd
+from _jacobian_models import MLP, make, reference_jacobian, reference_jacobian_autograd
 
 RTOL, ATOL = 1e-5, 1e-8
 
