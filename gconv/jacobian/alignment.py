@@ -24,8 +24,11 @@ Routes (``method``):
     rank) — and ``INCONCLUSIVE`` when y is resolved in K but the residual on J (in J's dtype) cannot
     be brought below tol.
 
-``"exact"`` — K as for "gram", then ``gconv.linalg.in_column_space(K, y)`` (Col(J Jᵀ) = Col(J)): a
-    certified verdict about the computed K, reported with ``gconv.linalg``'s certificate.
+``"exact"`` — K as for "gram", then ``gconv.linalg.in_column_space(K, y, rtol=tol)`` (Col(J Jᵀ) =
+    Col(J)): a certified verdict about the computed K (``certified=True``) when gconv.linalg proves
+    dist(y, Col K) ≤ tol·‖y‖ or a lower bound above it; otherwise the "gram" route's numerical verdict
+    with ``certified=False`` and gconv.linalg's reason in the message. (Exact membership in the column
+    space of a rank-deficient matrix is not decidable in floating point, only within a tolerance.)
 
 ``"auto"`` — "exact" when n·m_y ≤ ``exact_max_rows`` and gconv.linalg provides it; else "gram"
 when K and one copy (2·(n·m_y)² float64) fit in the memory budget; else "lsmr".
@@ -77,6 +80,7 @@ class AlignmentResult:
     message: str
     certificate: dict | None = None
     settings: dict = field(default_factory=dict)
+    certified: bool = False         # True only when the verdict rests on a gconv.linalg proof ("exact")
 
 
 def _default_tol(dtype):
@@ -256,12 +260,17 @@ def _gram_route(J: Jacobian, y, method, tol, t0, base, progress):
     cert = {"gram": f"K = J Jᵀ accumulated in float64 ({how})", "noise_level": tau, "lambda_max_bound": float(K.diagonal().sum())}
     if method == "exact":
         import gconv.linalg as GL
-        ics = GL.in_column_space(K, yd)
-        status = getattr(ics, "status", None)
-        cert.update({"route": "gconv.linalg.in_column_space(K, Y_ℓ)", "status": status,
-                     "details": _public_fields(ics)})
-        verdict = {"IN_COLUMN_SPACE": "ALIGNED", "NOT_IN_COLUMN_SPACE": "NOT_ALIGNED"}.get(status, "INCONCLUSIVE")
-        msg = f"gconv.linalg.in_column_space(K, Y_ℓ): {status}"
+        # dist(Y_ℓ, Col K) ≤ tol·‖Y_ℓ‖ is provable even for a rank-deficient K; exact membership is not
+        ics = GL.in_column_space(K, yd, rtol=tol)
+        status = getattr(getattr(ics, "status", None), "value", getattr(ics, "status", None))
+        cert.update({"route": "gconv.linalg.in_column_space(K, Y_ℓ, rtol=tol)", "status": status,
+                     "certified": bool(getattr(ics, "certified", False)), "details": _public_fields(ics)})
+        if cert["certified"] and status in ("IN_COLUMN_SPACE", "NOT_IN_COLUMN_SPACE"):
+            verdict = "ALIGNED" if status == "IN_COLUMN_SPACE" else "NOT_ALIGNED"
+            msg = f"gconv.linalg.in_column_space(K, Y_ℓ, rtol={tol:.3g}): {status} (certified: {ics.reason})"
+        else:
+            verdict = None     # no proof: fall back to the numerical verdict of the "gram" route below
+            msg_cert = f"gconv.linalg could not certify ({getattr(ics, 'reason', status)}); numerical verdict: "
     # a = (K + τI)⁻¹ y by Cholesky (in place; K is not needed afterwards): x = Jᵀa is checked on J itself,
     # and τ·a = y − K a is the part of y that K resolves only below the noise level (Tikhonov residual)
     N = K.shape[0]
@@ -283,7 +292,8 @@ def _gram_route(J: Jacobian, y, method, tol, t0, base, progress):
     rel = rn / ynorm
     dist = shift * float(torch.linalg.vector_norm(a)) / ynorm
     cert["tikhonov_residual"] = dist
-    if method != "exact":
+    certified = method == "exact" and verdict is not None
+    if not certified:
         if rel <= tol:
             verdict = "ALIGNED"
             msg = f"‖r‖/‖Y_ℓ‖ = {rel:.3g} ≤ tol = {tol:.3g} for x = Jᵀ(JJᵀ + τI)⁻¹Y_ℓ (recomputed on J)"
@@ -296,8 +306,10 @@ def _gram_route(J: Jacobian, y, method, tol, t0, base, progress):
             verdict = "INCONCLUSIVE"
             msg = (f"Y_ℓ is resolved by JJᵀ above the noise level (Tikhonov residual {dist:.3g}·‖Y_ℓ‖ ≤ tol), but the "
                    f"residual on J itself is {rel:.3g} > tol = {tol:.3g} (products in {base['dtype']} cannot confirm it)")
+        if method == "exact":
+            msg = msg_cert + msg
     jtrn = float(torch.linalg.vector_norm(J.rmv(r)))
-    res = AlignmentResult(verdict=verdict, method=method, istop=None, istop_meaning=None, iterations=0, residual_norm=rn,
+    res = AlignmentResult(verdict=verdict, certified=certified, method=method, istop=None, istop_meaning=None, iterations=0, residual_norm=rn,
                           relative_residual=rel, normal_residual_norm=jtrn, distance_lower_estimate=dist,
                           norm_estimate=math.sqrt(cert["lambda_max_bound"]), cond_estimate=None,
                           solution_norm=float(torch.linalg.vector_norm(x)), precondition="none",
