@@ -30,12 +30,13 @@ def _fsync_dir(path):
         pass
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def _atomic_write(path: str, write) -> None:
+    """write(fh) into a temporary file beside ``path``, fsync, rename over ``path``, fsync the folder."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -44,24 +45,16 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(d)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_array(path: str, arr: np.ndarray) -> None:
     """Write the raw bytes of a C-contiguous float64 array atomically (tmp file + fsync + rename)."""
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            arr.tofile(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(d)
+    _atomic_write(path, arr.tofile)
 
 
 def atomic_write_json(path: str, obj) -> None:
