@@ -1,0 +1,78 @@
+"""Seed 000, Definition 2 / eq. 2.5 (data–architecture alignment): vec(Y_ℓ) ∈ Col(J(θ)).
+
+Y_ℓ = Y for the squared loss, 2Y − 1 for cross-entropy with one-hot Y.  The check is
+:func:`gconv.jacobian.alignment` (routes "exact" → gconv.linalg.in_column_space on K = J Jᵀ, "gram",
+"lsmr"/"lsqr"; docs/jacobian.md).  Membership is decided at a relative tolerance ``tol`` (exact
+membership in the column space of a rank-deficient matrix is not decidable in floating point).
+
+Verdict mapping:
+
+* ALIGNED → ``VERIFIED``: a witness x with ‖Y_ℓ − J x‖ ≤ tol·‖Y_ℓ‖, recomputed on J (or certified by
+  gconv.linalg on the "exact" route);
+* NOT_ALIGNED *certified* by gconv.linalg → ``NOT_VERIFIED``;
+* a NOT_ALIGNED verdict that is only numerical (the "gram" / "lsmr" routes, an estimate of the distance)
+  → ``INCONCLUSIVE``, with ``details["numerical_verdict"] = "NOT_ALIGNED"``;
+* INCONCLUSIVE → ``INCONCLUSIVE``.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from gconv._utils import environment, to_jsonable
+from gconv.jacobian import alignment as _alignment
+from gconv.verify._common import data_summary, progress_default
+from gconv.verify.features import model_summary
+from gconv.verify.report import VerificationReport, Verdict
+
+PAPER = "seed 000 (Kawaguchi, Zhang, Deng)"
+EQUATION = "Definition 2, eq. 2.5: vec(Y_l) in Col(J(theta))"
+STATEMENT = "vec(Y_l) lies in the column space of the Jacobian J(theta) (within tol)"
+
+
+def alignment(model, data, loss="cross_entropy", *, params=None, method: str = "auto", tol: float | None = None,
+              seed: int | None = None, device=None, memory_budget=None, progress: bool | None = None,
+              **alignment_options) -> VerificationReport:
+    """Verify seed 000's alignment condition at the model's current θ on ``data`` (with targets).
+
+    ``loss``: "squared" | "cross_entropy" | ... (as :func:`gconv.jacobian.alignment`); ``params``: the
+    Jacobian's columns (None: all trainable; "last"; names).  ``device``: run on a copy of the model
+    there.  ``seed`` is recorded in the report (the model's own seed).  Other options go to
+    :func:`gconv.jacobian.alignment`.
+    """
+    t0 = time.perf_counter()
+    progress = progress_default(progress)
+    inputs = data_summary(data)
+    if device is not None:
+        p0 = next(iter(model.parameters()), None)
+        if p0 is not None and p0.device != torch.device(device):
+            model = copy.deepcopy(model).to(device)
+    res = _alignment(model, data, loss, params=params, method=method, tol=tol, memory_budget=memory_budget,
+                     progress=progress, **alignment_options)
+    if res.verdict == "ALIGNED":
+        verdict = Verdict.VERIFIED
+    elif res.verdict == "NOT_ALIGNED" and res.certified:
+        verdict = Verdict.NOT_VERIFIED
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    inputs.update(model=model_summary(model), seed=seed, loss=res.loss, target_transform=res.target_transform,
+                  params="all trainable" if params is None else str(params), dtype=res.dtype, device=res.device,
+                  matrix_shape=[res.n * res.m_y, res.d], m_y=res.m_y)
+    details = {"numerical_verdict": res.verdict, "certified": res.certified, "method": res.method,
+               "bounds": {k: v for k, v in (("relative_residual", res.relative_residual), ("tol", res.tol),
+                                            ("distance_lower_estimate", res.distance_lower_estimate))
+                          if isinstance(v, float)}}
+    if verdict is Verdict.VERIFIED:
+        margin, mname = res.relative_residual, "relative residual ||Y_l - J x|| / ||Y_l|| (<= tol)"
+    elif verdict is Verdict.NOT_VERIFIED:
+        margin, mname = res.distance_lower_estimate, "distance of Y_l from Col(J) / ||Y_l|| (lower bound)"
+    else:
+        margin, mname = None, ""
+    msg = f"{res.verdict}{' (certified)' if res.certified else ''} by the {res.method} route: {res.message}"
+    return VerificationReport(condition="alignment", paper=PAPER, equation=EQUATION, statement=STATEMENT,
+                              inputs=inputs, verdict=verdict, margin=margin, margin_name=mname,
+                              certificate=to_jsonable(res), certificate_type=type(res).__name__,
+                              timings={"jacobian_solve": res.seconds, "total": time.perf_counter() - t0},
+                              environment=environment(), message=msg, details=details)
