@@ -64,12 +64,17 @@ def alignment(model, data, loss="cross_entropy", *, params=None, method: str = "
                "bounds": {k: v for k, v in (("relative_residual", res.relative_residual), ("tol", res.tol),
                                             ("distance_lower_estimate", res.distance_lower_estimate))
                           if isinstance(v, float)}}
-    if verdict is Verdict.VERIFIED:
-        margin, mname = res.relative_residual, "relative residual ||Y_l - J x|| / ||Y_l|| (<= tol)"
-    elif verdict is Verdict.NOT_VERIFIED:
-        margin, mname = res.distance_lower_estimate, "distance of Y_l from Col(J) / ||Y_l|| (lower bound)"
-    else:
-        margin, mname = None, ""
+    margin, mname = None, ""
+    ics = ((res.certificate or {}).get("details") or {}) if res.certified else {}
+    ynorm = ics.get("y_norm") if isinstance(ics, dict) else None
+    if res.certified and isinstance(ynorm, float) and ynorm > 0:
+        # the numbers of gconv.linalg.in_column_space's proof (about K = J Jᵀ, Col K = Col J)
+        if verdict is Verdict.VERIFIED and isinstance(ics.get("residual_bound"), float):
+            margin, mname = ics["residual_bound"] / ynorm, "certified relative distance bound dist(Y_l, Col K)/||Y_l|| (<= tol)"
+        elif verdict is Verdict.NOT_VERIFIED and isinstance(ics.get("distance_lower"), float):
+            margin, mname = ics["distance_lower"] / ynorm, "certified lower bound on dist(Y_l, Col K)/||Y_l|| (> tol)"
+    elif verdict is Verdict.VERIFIED:
+        margin, mname = res.relative_residual, "relative residual ||Y_l - J x|| / ||Y_l|| of the witness x (<= tol)"
     msg = f"{res.verdict}{' (certified)' if res.certified else ''} by the {res.method} route: {res.message}"
     return VerificationReport(condition="alignment", paper=PAPER, equation=EQUATION, statement=STATEMENT,
                               inputs=inputs, verdict=verdict, margin=margin, margin_name=mname,
