@@ -47,7 +47,7 @@ def extract_features(model: nn.Module, data, *, layer: str | None = None, batch_
 
     ``data``: anything :func:`gconv.data.as_data_source` takes (inputs only are used).
     ``train``: run the model in train mode (default eval mode, as the papers' checks; the model's own
-    mode is restored afterwards).  ``device``: where the model runs (default: where its parameters
+    mode and its buffers — BatchNorm running statistics — are restored afterwards).  ``device``: where the model runs (default: where its parameters
     are; the caller's model is not moved — a copy is).  ``dtype``: of the returned features (the
     model runs in its own dtype; float64 upcast is exact).  ``memory_budget`` (bytes or '16GiB'):
     the result (n·m·itemsize) and one batch must fit, else :class:`MemoryBudgetError` — raised after the
@@ -81,6 +81,8 @@ def extract_features(model: nn.Module, data, *, layer: str | None = None, batch_
     out = None
     was_training = model.training
     handle = module.register_forward_hook(hook)
+    # train mode updates BatchNorm running statistics: keep the caller's model unchanged
+    saved = {k: b.detach().clone() for k, b in model.named_buffers()} if train else {}
     model.train(train)
     bar = _progress(total=src.n, desc=f"features ({layer})", enabled=progress, unit="sample")
     try:
@@ -118,6 +120,11 @@ def extract_features(model: nn.Module, data, *, layer: str | None = None, batch_
     finally:
         handle.remove()
         model.train(was_training)
+        if saved:
+            with torch.no_grad():
+                for k, b in model.named_buffers():
+                    if k in saved:
+                        b.copy_(saved[k])
         bar.close()
     check_finite(out, f"features of layer {layer!r}")
     if timings is not None:
