@@ -52,7 +52,8 @@ def features_of(model_or_features, data, *, layer, batch_size, train, device, me
     Z = extract_features(model, data, layer=layer, batch_size=batch_size, train=train, device=device,
                          memory_budget=memory_budget, progress=progress, timings=timings)
     p0 = next(iter(model.parameters()), None)
-    inputs.update(model=model_summary(model), layer=layer or getattr(model, "feature_layer", None),
+    inputs.update(model=model_summary(model),
+                  layer=(getattr(model, "feature_layer", None) if layer is None else (layer or "(the module's output)")),
                   mode="train" if train else "eval", feature_shape=list(Z.shape),
                   dtype=str(p0.dtype).replace("torch.", "") if p0 is not None else "float32",
                   device=str(device or (p0.device if p0 is not None else "cpu")))
