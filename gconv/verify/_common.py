@@ -96,6 +96,9 @@ def rank_report(condition, paper, equation, statement, cert, inputs, timings, t0
             timings[k] = timings.get(k, 0.0) + v
     timings["total"] = time.perf_counter() - t0
     det = {"bounds": rank_bounds(cert)}
+    if isinstance(cert.details.get("engine_seconds"), (int, float)):
+        # Gram panels are formed inside the left-looking Cholesky: only the set-up (whitening QRs) is separate
+        det["within_gram_cholesky"] = {"setup_whitening": float(cert.details["engine_seconds"])}
     det.update(details or {})
     inputs = dict(inputs, matrix_shape=[cert.n, cert.D])
     margin = cert.sigma_min_lower if verdict is Verdict.VERIFIED else None

@@ -79,6 +79,10 @@ def test_errors_exit_2(tmp_path):
     wrong_magic.write_bytes(b"\x12\x34\x08\x03" + b"\x00" * 32)
     r = gconv("verify", "safe-exploration", "--data", f"idx:{wrong_magic}", "--no-progress")
     assert r.returncode == 2 and "magic" in r.stderr.lower(), r.stderr
+    fake = tmp_path / "fake.npz"
+    fake.write_text("not a zip archive")
+    r = gconv("verify", "gram-pd", "--data", f"npz:{fake}", "--model", "p3l", "--no-progress")
+    assert r.returncode == 2 and "fake.npz" in r.stderr, r.stderr
     r = gconv("verify", "safe-exploration", "--data", "builtin:nope")
     assert r.returncode == 2 and "unknown built-in" in r.stderr
     r = gconv("verify", "safe-exploration", "--data", "builtin:sine", "--model", "resnet18")
