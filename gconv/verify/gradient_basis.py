@@ -54,7 +54,7 @@ def gradient_basis_gap(model, data, loss="squared", *, params=None, tol: float |
     rel = (lambda v: v / L if L > 0 else v)
     inputs.update(model=model_summary(model), seed=seed, loss=res.loss, dtype=res.dtype,
                   params="all trainable" if params is None else str(params), matrix_shape=[res.n * res.m_y, res.d],
-                  m_y=res.m_y, device=str(next(iter(model.parameters())).device))
+                  m_y=res.m_y, device=str(next(iter(model.parameters()), torch.empty(0)).device))
     if verdict is Verdict.VERIFIED:
         margin, mname = rel(res.gap_upper_bound), f"relative gap upper bound over ||alpha|| <= {res.radius:.3g}"
     elif res.verdict == "GAP_POSITIVE":
