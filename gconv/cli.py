@@ -5,6 +5,9 @@ keeps its command-line code beside its API:
 
     gconv backends          which implementation each op uses, and why
     gconv demo              the main job on built-in data
+    gconv verify <cond>     a paper's condition on a model and data set (gconv/verify/cli.py):
+                            safe-exploration, expressivity, alignment, ntk-rank, gram-pd,
+                            gradient-basis; exit 0 verified / 1 not verified or inconclusive / 2 error
 """
 from __future__ import annotations
 
