@@ -14,7 +14,7 @@ import glob
 import json
 import os
 
-from bench.runner import RESULTS_DIR, ROOT, SCHEMA, BenchError, analyze
+from bench.runner import RESULTS_DIR, ROOT, SCHEMA, BenchError, analyze, baselines_for
 
 REPORT = os.path.join(ROOT, "bench", "REPORT.md")
 MIN_ROUNDS_FOR_SPREAD = 3
@@ -168,35 +168,41 @@ def render(results_dir: str = RESULTS_DIR, out: str = REPORT, devices=None) -> s
         for sname, rows in rows_by_suite.items():
             suite = res["suites"][sname]
             decl = suite.get("declarations") or {}
-            param, bases = next(iter((decl.get("baselines") or {}).items()), (None, ()))
             lines += [f"### {sname}", "", f"{decl.get('doc', '')}", "",
                       f"`{suite['path']}`: exit {suite['returncode']}{' (timed out)' if suite.get('timed_out') else ''}, "
                       f"{suite['seconds']:.0f} s, process peak RSS {_b(suite.get('peak_rss_bytes'))}.", ""]
             if not decl.get("baselines"):
                 lines += ["_This suite declares no `BENCH_BASELINES`: times only._", ""]
-            head = ["test", "case", "median ± IQR", "rounds"] + [f"× {b}" for b in bases] + ["roofline", "peak mem", ""]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             skipped = []
-            for row in rows:
-                r = row["record"]
-                st = r.get("stats")
-                if not st:
-                    if r.get("outcome") == "skipped":
-                        skipped.append(f"`{r['function']}` {_case(r['params'])}: {r.get('reason')}")
-                    elif r.get("outcome") == "failed":
-                        skipped.append(f"`{r['function']}` {_case(r['params'])}: **failed** — "
+            for fn in dict.fromkeys(row["record"]["function"] for row in rows):
+                frows = [row for row in rows if row["record"]["function"] == fn]
+                param, bases = baselines_for(decl.get("baselines"), fn)
+                measured = [row for row in frows if row["record"].get("stats")]
+                for row in frows:
+                    r = row["record"]
+                    if r.get("stats"):
+                        continue
+                    if r.get("outcome") == "failed":
+                        skipped.append(f"`{fn}` {_case(r['params'])}: **failed** — "
                                        f"{(r.get('reason') or '').strip().splitlines()[-1][:200]}")
+                    else:
+                        skipped.append(f"`{fn}` {_case(r['params'])}: {r.get('outcome', 'not run')} — {r.get('reason')}")
+                if not measured:
                     continue
-                cells = [r["function"].removeprefix("test_"), _case(r["params"]), f"{_t(st['median'])} ± {_t(st['iqr'])}",
-                         str(st["rounds"])]
-                for b in bases:
-                    v = row["ratios"].get(str(b))
-                    cells.append("" if v is None else ("skipped" if isinstance(v, dict) else f"{v:.2f}"))
-                cells.append("—" if row["fraction"] is None else f"{100 * row['fraction']:.1f} % {row['bound']}")
-                cells.append(_b(r.get("peak_bytes")))
-                cells.append("⚠" if (sname, r["test"]) in flags else "")
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
+                head = ["case", "median ± IQR", "rounds"] + [f"× {b}" for b in bases] + ["roofline", "peak mem", ""]
+                lines += [f"`{fn}`" + (f" — ratios vs `{param}` baselines" if param else ""), "",
+                          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                for row in measured:
+                    r, st = row["record"], row["record"]["stats"]
+                    cells = [_case(r["params"]), f"{_t(st['median'])} ± {_t(st['iqr'])}", str(st["rounds"])]
+                    for b in bases:
+                        v = row["ratios"].get(str(b))
+                        cells.append("" if v is None else ("skipped" if isinstance(v, dict) else f"**{v:.2f}**"))
+                    cells.append("—" if row["fraction"] is None else f"{100 * row['fraction']:.1f} % {row['bound']}")
+                    cells.append(_b(r.get("peak_bytes")))
+                    cells.append("⚠" if (sname, r["test"]) in flags else "")
+                    lines.append("| " + " | ".join(cells) + " |")
+                lines.append("")
             if skipped:
                 lines += ["Not measured:", ""] + [f"- {s}" for s in skipped] + [""]
             for spec in decl.get("plots") or []:

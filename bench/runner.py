@@ -69,12 +69,12 @@ def device_info(device: str) -> dict:
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def _run_suite(name, path, device, mode, seed, timeout, extra_args=()):
+def _run_suite(name, path, device, mode, seed, timeout, extra_args=(), log=print):
     rec = tempfile.NamedTemporaryFile(prefix=f"gconv-bench-{name}-", suffix=".json", delete=False)
     rec.close()
     env = dict(os.environ, GCONV_BENCH_RECORD=rec.name, GCONV_BENCH_DEVICE=device, GCONV_BENCH_MODE=mode,
                GCONV_BENCH_SEED=str(seed), PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", path, "-q", "-p", "no:cacheprovider", "--rootdir", ROOT,
+    cmd = [sys.executable, "-m", "pytest", path, "-v", "-p", "no:cacheprovider", "--rootdir", ROOT,
            "-o", "addopts=", *extra_args]
     cmd += ["-p", "no:benchmark"] if device == "cuda" else ["--benchmark-columns=median,iqr,rounds"]
     if not os.path.exists(os.path.join(os.path.dirname(path), "conftest.py")):
@@ -89,6 +89,8 @@ def _run_suite(name, path, device, mode, seed, timeout, extra_args=()):
     def pump():
         for line in proc.stdout:
             lines.append(line)
+            if " PASSED" in line or " SKIPPED" in line or " FAILED" in line or " ERROR" in line:
+                log(f"[bench]     {time.perf_counter() - t0:6.0f} s  {line.split('::', 1)[-1].rstrip()}")
     th = threading.Thread(target=pump, daemon=True)
     th.start()
     while True:
@@ -161,7 +163,7 @@ def run(suites=None, device="cpu", mode="quick", bench_dir=BENCH_DIR, results_di
     save()
     for name in names:
         log(f"[bench] suite {name} ({mode}, {device}) ...")
-        s = _run_suite(name, found[name], device, mode, seed, timeout, extra_args)
+        s = _run_suite(name, found[name], device, mode, seed, timeout, extra_args, log)
         result["suites"][name] = s
         counts = {}
         for r in s["records"]:
@@ -183,44 +185,54 @@ def _key(params, drop):
     return tuple(sorted((k, str(v)) for k, v in params.items() if k != drop))
 
 
+def baselines_for(decl, function):
+    """(param, baseline values) declared for ``function``: ``BENCH_BASELINES`` is either
+    ``{param: (values...)}`` for the whole suite or ``{test_function: {param: (values...)}}``."""
+    decl = decl or {}
+    if decl and all(k.startswith("test_") for k in decl):
+        decl = decl.get(function) or {}
+    if len(decl) > 1:
+        raise BenchError(f"BENCH_BASELINES for {function} must name one parameter, got {sorted(decl)}")
+    return next(iter(decl.items())) if decl else (None, ())
+
+
 def analyze(result: dict) -> dict:
     """{suite: [row]} with, per measured record, ratios vs each declared baseline (baseline median /
     this median: > 1 means faster than the baseline) and the roofline fraction.
 
-    A suite declares ``BENCH_BASELINES = {param: (baseline values...)}``; rows whose ``param`` takes
-    another value are compared with the record of each baseline value that has the same other parameters.
-    A baseline that was skipped gives no ratio (its reason is kept); one with no measured result
-    (absent, failed, or timed out) raises :class:`MissingBaselineError` naming it.
+    A suite declares ``BENCH_BASELINES`` (see :func:`baselines_for`); rows whose ``param`` takes
+    another value are compared with the record of each baseline value that has the same other parameters
+    (same test function).  A baseline that was skipped gives no ratio (its reason is kept); one with no
+    measured result (absent, failed, or timed out) raises :class:`MissingBaselineError` naming it.
     """
     from bench.roofline import fraction
     out, missing = {}, []
     roof = result.get("roofline")
     for sname, suite in result.get("suites", {}).items():
-        decl = (suite.get("declarations") or {}).get("baselines") or {}
-        if len(decl) > 1:
-            raise BenchError(f"suite {sname}: BENCH_BASELINES must name one parameter, got {sorted(decl)}")
-        param, bases = next(iter(decl.items())) if decl else (None, ())
+        decl = (suite.get("declarations") or {}).get("baselines")
         recs = suite.get("records", [])
         index = {}
         for r in recs:
+            param, _ = baselines_for(decl, r["function"])
             if param is not None and param in r["params"]:
-                index[(_key(r["params"], param), str(r["params"][param]))] = r
+                index[(r["function"], _key(r["params"], param), str(r["params"][param]))] = r
         rows = []
         for r in recs:
             row = {"record": r, "ratios": {}, "fraction": None, "bound": None}
+            param, bases = baselines_for(decl, r["function"])
             if r.get("stats"):
                 row["fraction"], row["bound"] = fraction(r, roof)
             if param is not None and param in r["params"] and str(r["params"][param]) not in map(str, bases) \
                     and r.get("stats"):
                 for b in bases:
-                    br = index.get((_key(r["params"], param), str(b)))
+                    br = index.get((r["function"], _key(r["params"], param), str(b)))
                     if br is not None and br.get("stats"):
                         row["ratios"][str(b)] = br["stats"]["median"] / r["stats"]["median"]
                     elif br is not None and br.get("outcome") == "skipped":
                         row["ratios"][str(b)] = {"skipped": br.get("reason")}
                     else:
                         what = "absent" if br is None else (br.get("outcome") or "not measured")
-                        missing.append(f"suite {sname}: baseline {param}={b} for "
+                        missing.append(f"suite {sname}: baseline {param}={b} for {r['function']} "
                                        f"{dict(_key(r['params'], param))} is {what}")
             rows.append(row)
         out[sname] = rows
