@@ -4,8 +4,8 @@ For every device directory under bench/results/ the newest results file is repor
 roofline, then one table per suite (median time with its interquartile range, each ratio vs the
 suite's baselines measured in the same run, the fraction of the roofline bound, peak memory), and the
 plots the suite declares in ``BENCH_PLOTS``.  A result is flagged as a regression when its median is
-worse than the same test's median in the previous stored file for that device by more than the
-measured spread: ``new − old > max(IQR_new, IQR_old)``; with fewer than 3 rounds on either side the
+worse than the same test's median in the previous stored file for that device and mode by more than
+the measured spread: ``new − old > max(IQR_new, IQR_old)``; with fewer than 3 rounds on either side the
 spread is unmeasured and 10 % of the old median stands in for it.
 """
 from __future__ import annotations
@@ -38,7 +38,8 @@ def load(results_dir: str = RESULTS_DIR) -> dict:
 
 
 def regressions(new: dict, history: list) -> dict:
-    """{(suite, test): {old, new, spread, old_date}} for results worse than the latest earlier measurement."""
+    """{(suite, test): {old, new, spread, old_date}} for results worse than the latest earlier measurement
+    of the same test in the same mode."""
     flags = {}
     for sname, suite in new.get("suites", {}).items():
         for r in suite.get("records", []):
@@ -46,6 +47,8 @@ def regressions(new: dict, history: list) -> dict:
             if not st:
                 continue
             for _, old in reversed(history):
+                if old.get("mode") != new.get("mode"):
+                    continue                      # quick and default share test ids at different sizes
                 ost = next((x.get("stats") for x in old.get("suites", {}).get(sname, {}).get("records", [])
                             if x["test"] == r["test"] and x.get("stats")), None)
                 if ost is None:

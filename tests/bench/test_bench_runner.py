@@ -107,10 +107,11 @@ def test_summarize_and_regression_rule():
     one = summarize([1.0])
     assert one["iqr"] == 0.0 and one["stddev"] == 0.0
 
-    def res(med, iqr, rounds=5, date="2026-01-01"):
-        return {"date": date, "suites": {"s": {"records": [{"test": "t", "stats": {"median": med, "iqr": iqr,
+    def res(med, iqr, rounds=5, date="2026-01-01", mode="quick"):
+        return {"date": date, "mode": mode, "suites": {"s": {"records": [{"test": "t", "stats": {"median": med, "iqr": iqr,
                                                                                     "rounds": rounds}}]}}}
     assert not report.regressions(res(1.05, 0.1), [("p", res(1.0, 0.06))])   # within the spread
     assert ("s", "t") in report.regressions(res(1.3, 0.1), [("p", res(1.0, 0.06))])
     assert not report.regressions(res(1.08, 0.0, 1), [("p", res(1.0, 0.0, 1))])   # 10 % floor, 1 round
     assert ("s", "t") in report.regressions(res(1.2, 0.0, 1), [("p", res(1.0, 0.0, 1))])
+    assert not report.regressions(res(1.3, 0.1), [("p", res(1.0, 0.06, mode="default"))])   # other sizes
