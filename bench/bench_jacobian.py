@@ -371,3 +371,8 @@ def test_ntk_gram_budget(benchmark, budget):
     p.join()
     benchmark.extra_info.update(fresh_process_peak_rss_growth=r["peak_rss_growth"], budget_bytes=parse_bytes(budget))
     assert r["peak_rss_growth"] <= 1.25 * parse_bytes(budget) + 300e6, r
+
+
+if __name__ == "__main__":        # python bench/bench_jacobian.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "jacobian", *sys.argv[1:]]))

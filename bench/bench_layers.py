@@ -211,3 +211,8 @@ def test_softplus(benchmark, provider, mode, bench_seed):
     else:
         run(*setup()[0])
         benchmark.pedantic(run, setup=setup, rounds=10, warmup_rounds=1)
+
+
+if __name__ == "__main__":        # python bench/bench_layers.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "layers", *sys.argv[1:]]))

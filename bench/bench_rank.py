@@ -116,3 +116,8 @@ def test_rank(benchmark, shape, n, provider):
         assert c.status.value in ("CERTIFIED_FULL_RANK", "INCONCLUSIVE", "CERTIFIED_RANK_DEFICIENT")
     else:
         benchmark.extra_info.update(status="rank", rank=out["rank"])
+
+
+if __name__ == "__main__":        # python bench/bench_rank.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "rank", *sys.argv[1:]]))
