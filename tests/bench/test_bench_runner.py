@@ -88,6 +88,17 @@ def test_missing_baseline_is_a_clear_error(toy):
         runner.analyze(r)
     with pytest.raises(runner.MissingBaselineError):
         report.render(str(res), str(d / "R.md"))
+    # a baseline that fails is missing too, and the suite's failure is recorded
+    planted = TOY.replace("    benchmark.group =", "    assert not (provider == 'eager' and n == 2), 'planted'\n"
+                                                     "    benchmark.group =")
+    assert planted != TOY
+    (d / "bench_toy.py").write_text(planted)
+    r = json.load(open(_run(d, res, roofline=False)))
+    assert r["suites"]["toy"]["returncode"] == 1
+    failed = [x for x in r["suites"]["toy"]["records"] if x.get("outcome") == "failed"]
+    assert len(failed) == 1 and "planted" in failed[0]["reason"]
+    with pytest.raises(runner.MissingBaselineError, match=r"provider=eager .*'n': '2'.* is failed"):
+        runner.analyze(r)
 
 
 def test_bad_requests(toy):
