@@ -19,6 +19,7 @@ from bench.runner import RESULTS_DIR, ROOT, SCHEMA, BenchError, analyze, baselin
 REPORT = os.path.join(ROOT, "bench", "REPORT.md")
 MIN_ROUNDS_FOR_SPREAD = 3
 UNMEASURED_SPREAD = 0.10
+LOADED = 1.25          # load average per core above which a CPU run is marked as measured on a loaded machine
 
 
 def load(results_dir: str = RESULTS_DIR) -> dict:
@@ -151,6 +152,12 @@ def render(results_dir: str = RESULTS_DIR, out: str = REPORT, devices=None) -> s
                   f"{env.get('scipy')}, gconv {env.get('gconv')}, python {env.get('python')}; CPU {env.get('cpu')} "
                   f"({env.get('cpu_count')} cores, {d.get('torch_threads', env.get('torch_threads'))} torch threads)"
                   + (f"; driver {d['driver']}, CUDA {d.get('cuda_runtime')}" if d.get("driver") else "") + ".", ""]
+        loadavg = max(list(res.get("load_average_before") or [0])[:1] + list(res.get("load_average_after") or [0])[:1])
+        cores = env.get("cpu_count") or 1
+        if d["kind"] == "cpu" and loadavg > LOADED * cores:
+            lines += [f"> **Loaded machine**: load average {loadavg:.1f} on {cores} cores during this run (other "
+                      "processes competing for the cores). Times, ratios and regression flags here reflect that "
+                      "contention as much as the code; rerun on an idle machine before drawing conclusions.", ""]
         roof = res.get("roofline")
         if roof:
             lines += ["| roofline probe | median | rate |", "|---|---|---|",
@@ -197,7 +204,8 @@ def render(results_dir: str = RESULTS_DIR, out: str = REPORT, devices=None) -> s
                           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                 for row in measured:
                     r, st = row["record"], row["record"]["stats"]
-                    cells = [_case(r["params"]), f"{_t(st['median'])} ± {_t(st['iqr'])}", str(st["rounds"])]
+                    spread = f" ± {_t(st['iqr'])}" if st["rounds"] >= 2 else ""
+                    cells = [_case(r["params"]), f"{_t(st['median'])}{spread}", str(st["rounds"])]
                     for b in bases:
                         v = row["ratios"].get(str(b))
                         cells.append("" if v is None else ("skipped" if isinstance(v, dict) else f"**{v:.2f}**"))
