@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="includes n = 60,000 (hours on CPU)")
     r.set_defaults(mode="default")
     r.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 steadies timings on a shared, loaded machine)")
     r.add_argument("--timeout", type=float, default=None, help="seconds per suite (killed beyond)")
     r.add_argument("--results-dir", default=runner.RESULTS_DIR)
     r.add_argument("--no-roofline", action="store_true")
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
             return 0
         if a.cmd == "run":
             suites = [s.strip() for s in a.suite.split(",") if s.strip()] if a.suite else None
-            path = runner.run(suites, a.device, a.mode, results_dir=a.results_dir, timeout=a.timeout, seed=a.seed,
+            path = runner.run(suites, a.device, a.mode, results_dir=a.results_dir, timeout=a.timeout, seed=a.seed, threads=a.threads,
                               roofline=False if a.no_roofline else None)
             import json
             with open(path) as fh:

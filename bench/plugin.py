@@ -1,5 +1,6 @@
 """pytest plugin for every suite in bench/ (``python -m bench run`` drives it; plain pytest works too).
 
+GCONV_BENCH_THREADS sets torch's intra-op threads.
 Options: ``--bench-device cpu|cuda`` (env GCONV_BENCH_DEVICE), ``--bench-mode quick|default|full``
 (env GCONV_BENCH_MODE; ``full`` also runs the ``large`` cases), ``--run-large``.  Suites read the two
 settings at import through :func:`bench.core.setting`, so parametrisations can depend on them.
@@ -34,6 +35,9 @@ def pytest_configure(config):
         os.environ["GCONV_BENCH_DEVICE"] = config.getoption("--bench-device")
     if config.getoption("--bench-mode"):
         os.environ["GCONV_BENCH_MODE"] = config.getoption("--bench-mode")
+    if os.environ.get("GCONV_BENCH_THREADS"):
+        import torch
+        torch.set_num_threads(int(os.environ["GCONV_BENCH_THREADS"]))
     if not config.pluginmanager.has_plugin("gconv-bench-fixtures"):
         if core.setting("device") == "cuda":
             if config.pluginmanager.has_plugin("benchmark"):

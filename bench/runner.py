@@ -69,11 +69,11 @@ def device_info(device: str) -> dict:
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def _run_suite(name, path, device, mode, seed, timeout, extra_args=(), log=print):
+def _run_suite(name, path, device, mode, seed, timeout, extra_args=(), log=print, threads=None):
     rec = tempfile.NamedTemporaryFile(prefix=f"gconv-bench-{name}-", suffix=".json", delete=False)
     rec.close()
     env = dict(os.environ, GCONV_BENCH_RECORD=rec.name, GCONV_BENCH_DEVICE=device, GCONV_BENCH_MODE=mode,
-               GCONV_BENCH_SEED=str(seed), PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+               GCONV_BENCH_SEED=str(seed), GCONV_BENCH_THREADS=str(threads or ""), PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pytest", path, "-v", "-p", "no:cacheprovider", "--rootdir", ROOT,
            "-o", "addopts=", *extra_args]
     cmd += ["-p", "no:benchmark"] if device == "cuda" else ["--benchmark-columns=median,iqr,rounds"]
@@ -124,10 +124,11 @@ def _run_suite(name, path, device, mode, seed, timeout, extra_args=(), log=print
 
 
 def run(suites=None, device="cpu", mode="quick", bench_dir=BENCH_DIR, results_dir=RESULTS_DIR, roofline=None,
-        timeout=None, seed=None, log=print, extra_args=()) -> str:
+        timeout=None, seed=None, log=print, extra_args=(), threads=None) -> str:
     """Run the named suites (default: all discovered) and return the results file's path.
 
     ``roofline``: kwargs for :func:`bench.roofline.measure`, or False to skip the probes (tests).
+    ``threads``: torch intra-op threads in the suites and the probes (default: torch's default).
     """
     from gconv._utils import environment, to_jsonable
     found = discover(bench_dir)
@@ -137,13 +138,16 @@ def run(suites=None, device="cpu", mode="quick", bench_dir=BENCH_DIR, results_di
         raise BenchError(f"unknown suite(s) {unknown}; the suites in {bench_dir} are {sorted(found)}")
     if mode not in ("quick", "default", "full"):
         raise BenchError(f"mode must be quick, default or full, got {mode!r}")
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
     dev = device_info(device)
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
     stamp = _dt.datetime.now(_dt.timezone.utc)
     path = os.path.join(results_dir, slug(dev["name"]), stamp.strftime("%Y-%m-%dT%H%M%SZ") + ".json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     result = {"schema": SCHEMA, "date": stamp.isoformat(timespec="seconds"), "mode": mode, "device": dev,
-              "seed": seed, "environment": environment(), "load_average_before": os.getloadavg(),
+              "seed": seed, "threads": threads, "environment": environment(), "load_average_before": os.getloadavg(),
               "roofline": None, "suites": {}}
 
     def save():
@@ -163,7 +167,7 @@ def run(suites=None, device="cpu", mode="quick", bench_dir=BENCH_DIR, results_di
     save()
     for name in names:
         log(f"[bench] suite {name} ({mode}, {device}) ...")
-        s = _run_suite(name, found[name], device, mode, seed, timeout, extra_args, log)
+        s = _run_suite(name, found[name], device, mode, seed, timeout, extra_args, log, threads)
         result["suites"][name] = s
         counts = {}
         for r in s["records"]:
