@@ -129,3 +129,53 @@ def test_summarize_and_regression_rule():
     assert not report.regressions(res(1.08, 0.0, 1), [("p", res(1.0, 0.0, 1))])   # 10 % floor, 1 round
     assert ("s", "t") in report.regressions(res(1.2, 0.0, 1), [("p", res(1.0, 0.0, 1))])
     assert not report.regressions(res(1.3, 0.1), [("p", res(1.0, 0.06, mode="default"))])   # other sizes
+
+
+def test_cuda_timer_logic_with_a_fake_device(monkeypatch):
+    """bench.core.CudaBenchmark's control flow (do_bench for short calls; CUDA events for per-round setup and
+    long calls; peak memory) against CPU stand-ins for torch.cuda and triton.testing — the timings
+    themselves await a GPU run."""
+    import time
+
+    import torch
+    import triton.testing
+
+    from bench.core import CudaBenchmark
+
+    class Event:
+        def __init__(self, enable_timing=True):
+            self.t = None
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    calls = {"do_bench": 0}
+
+    def fake_do_bench(fn, warmup=25, rep=100, return_mode="mean", **kw):
+        calls["do_bench"] += 1
+        assert return_mode == "all"
+        out = []
+        for _ in range(7):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+    for name, val in {"synchronize": lambda: None, "reset_peak_memory_stats": lambda: None,
+                      "memory_allocated": lambda: 100, "max_memory_allocated": lambda: 612, "Event": Event}.items():
+        monkeypatch.setattr(torch.cuda, name, val, raising=False)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+
+    b = CudaBenchmark(long_s=0.05)
+    assert b(time.sleep, 0.001) is None
+    rec = b.record()
+    assert calls["do_bench"] == 1 and rec["stats"]["rounds"] == 7 and rec["peak_bytes"] == 512
+    assert 0.0009 < rec["stats"]["median"] < 0.05 and "do_bench" in rec["timer"]
+
+    seen = []
+    b.pedantic(lambda x: seen.append(x), setup=lambda: ((len(seen),), {}), rounds=4, warmup_rounds=1)
+    assert seen == [0, 1, 2, 3, 4, 5] and b.stats["rounds"] == 4 and calls["do_bench"] == 1   # 1st + warm-up + 4
+    b.pedantic(time.sleep, args=(0.06,), rounds=2)                                           # a long call
+    assert b.stats["rounds"] == 2 and b.stats["median"] >= 0.06 and calls["do_bench"] == 1
