@@ -40,7 +40,7 @@ def load(results_dir: str = RESULTS_DIR) -> dict:
 
 def regressions(new: dict, history: list) -> dict:
     """{(suite, test): {old, new, spread, old_date}} for results worse than the latest earlier measurement
-    of the same test in the same mode."""
+    of the same test in the same mode and thread setting."""
     flags = {}
     for sname, suite in new.get("suites", {}).items():
         for r in suite.get("records", []):
@@ -48,7 +48,7 @@ def regressions(new: dict, history: list) -> dict:
             if not st:
                 continue
             for _, old in reversed(history):
-                if old.get("mode") != new.get("mode"):
+                if old.get("mode") != new.get("mode") or old.get("threads") != new.get("threads"):
                     continue                      # quick and default share test ids at different sizes
                 ost = next((x.get("stats") for x in old.get("suites", {}).get(sname, {}).get("records", [])
                             if x["test"] == r["test"] and x.get("stats")), None)
@@ -63,6 +63,23 @@ def regressions(new: dict, history: list) -> dict:
                                                  "old_date": old["date"]}
                 break
     return flags
+
+
+def headline(res: dict, rows_by_suite: dict) -> list:
+    """Per (suite, test function, compared value, baseline): the geometric mean, min and max of the ratios."""
+    import math
+    out = {}
+    for sname, rows in rows_by_suite.items():
+        decl = (res["suites"][sname].get("declarations") or {}).get("baselines")
+        for row in rows:
+            r = row["record"]
+            param, _ = baselines_for(decl, r["function"])
+            for b, v in row["ratios"].items():
+                if isinstance(v, (int, float)) and v > 0:
+                    out.setdefault((sname, r["function"], str(r["params"].get(param)), b), []).append(v)
+    return [{"suite": k[0], "function": k[1], "variant": k[2], "baseline": k[3], "cases": len(v),
+             "geomean": math.exp(sum(map(math.log, v)) / len(v)), "min": min(v), "max": max(v)}
+            for k, v in out.items()]
 
 
 def _t(s):
@@ -166,6 +183,16 @@ def render(results_dir: str = RESULTS_DIR, out: str = REPORT, devices=None) -> s
             for k, st in roof["gemm"].items():
                 lines.append(f"| GEMM {k} {st['n']}² | {_t(st['median'])} ± {_t(st['iqr'])} | "
                              f"{roof['gemm_flops'][k] / 1e9:.1f} GFLOP/s |")
+            lines.append("")
+        head = headline(res, rows_by_suite)
+        if head:
+            lines += ["**Headline** — gconv vs each baseline, per benchmark: geometric mean of the ratios over "
+                      "its cases (min – max; > 1: gconv faster).", "",
+                      "| suite | benchmark | gconv variant | baseline | cases | geo-mean ratio | min – max |",
+                      "|---|---|---|---|---|---|---|"]
+            for h in head:
+                lines.append(f"| {h['suite']} | `{h['function']}` | {h['variant']} | {h['baseline']} | {h['cases']} | "
+                             f"**{h['geomean']:.2f}** | {h['min']:.2f} – {h['max']:.2f} |")
             lines.append("")
         if flags:
             lines += [f"**{len(flags)} regression(s)** vs the previous stored result:", ""]

@@ -68,6 +68,7 @@ def test_run_report_and_regression(toy, tmp_path, monkeypatch):
     out = tmp_path / "REPORT.md"
     text = report.render(str(res), str(out))
     assert out.exists() and "### toy" in text and "× eager" in text and "planted skip" in text
+    assert "**Headline**" in text and "| toy | `test_toy` | gconv | eager | 2 |" in text
     assert "No earlier result" in text and "- ⚠" not in text and "| ⚠ |" not in text
     pngs = list((tmp_path / "report").glob("*.png"))
     assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
