@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     sub.add_parser("list", help="list the suites")
     a = ap.parse_args(argv)
+    import signal
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:      # `timeout` / a scheduler stopping the run:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwind, so the running suite is killed too
     try:
         if a.cmd == "list":
             for name, path in runner.discover().items():

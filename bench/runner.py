@@ -93,20 +93,25 @@ def _run_suite(name, path, device, mode, seed, timeout, extra_args=(), log=print
                 log(f"[bench]     {time.perf_counter() - t0:6.0f} s  {line.split('::', 1)[-1].rstrip()}")
     th = threading.Thread(target=pump, daemon=True)
     th.start()
-    while True:
-        try:
-            _, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            status, usage = 0, None
-            break
-        if _ != 0:
-            break
-        if deadline and time.perf_counter() > deadline:
-            proc.kill()
-            timed_out = True
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
+    try:
+        while True:
+            try:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                status, usage = 0, None
+                break
+            if pid != 0:
+                break
+            if deadline and time.perf_counter() > deadline:
+                proc.kill()
+                timed_out = True
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+    except BaseException:              # interrupted (Ctrl-C, SIGTERM via __main__): take the suite down too
+        proc.kill()
+        proc.wait()
+        raise
     th.join(timeout=5)
     rc = os.waitstatus_to_exitcode(status) if usage is not None else proc.returncode
     out = {"path": os.path.relpath(path, ROOT), "returncode": rc, "seconds": time.perf_counter() - t0,
