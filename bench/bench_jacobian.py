@@ -1,43 +1,47 @@
-"""gconv.jacobian benchmarks (CPU): NTK blocks, J·v / Jᵀ·u throughput, the LeNet alignment check.
+"""gconv.jacobian (issue 4): NTK blocks, J·v / Jᵀ·u products, matrix-free least squares, LeNet alignment.
 
-Baselines are the torch.func NTK tutorial's two methods, written out here at the same shapes:
+Baselines, measured in the same run at the same shapes:
 
-* ``torch.func contraction``  — vmap(jacrev) per-sample Jacobians of both sides + einsum per parameter;
-* ``torch.func ntk-vp``       — vmap over the output basis of vjp (x1 side) followed by jvp (x2 side);
+* NTK blocks (``test_ntk``): the torch.func NTK tutorial's two methods, written out here —
+  ``torch.func contraction`` (vmap(jacrev) per-sample Jacobians of both sides + einsum per parameter) and
+  ``torch.func ntk-vp`` (vmap over the output basis of vjp on the x1 side followed by jvp on the x2 side);
+  gconv's ``ntk`` with each method (structured, jacobian_contraction, ntk_vector_products, auto).
+* products (``test_products``): one ``torch.func.jvp`` / ``torch.func.vjp`` of the whole batch vs
+  ``Jacobian.mv`` / ``Jacobian.rmv``.
+* least squares (``test_lstsq``): ``scipy.sparse.linalg.lsqr`` on ``Jacobian.to_scipy()`` (a
+  LinearOperator) vs gconv's torch ``lsqr`` / ``lsmr`` on the Jacobian, both for the same fixed
+  number of iterations (5 quick, 20 otherwise; atol = btol = 0), so they do the same work.
+* the LeNet alignment check (``test_alignment``, gram and lsmr routes; no baseline: a pipeline).
 
-and, for products, one ``torch.func.jvp`` / ``torch.func.vjp`` of the whole batch.
+Counted work (extra_info ``flops``, float32 GEMM bound), with F the forward flops of the batch counted by
+``torch.utils.flop_counter.FlopCounterMode``: an NTK block n1×n2×m_y×m_y is the contraction of two
+Jacobians, counted as 2·n1·n2·m_y²·d (d parameters; forming the Jacobians is not counted); J·v and
+Jᵀ·u are 3F each (primal + two linear passes); k LSQR/LSMR iterations are k·6F.
+Peak memory: RSS growth on CPU, allocator peak on CUDA (bench/core.py).
 
-Run the full report (time, peak memory, ratios against the best baseline measured in the same run;
-JSON under bench/results/)::
-
-    python bench/bench_jacobian.py [--quick] [--threads 2]
-
-or the pytest-benchmark entries::
-
-    python -m pytest bench/bench_jacobian.py --benchmark-only
-
-Peak memory is the peak resident-set growth above the level before the call, sampled every 2 ms by
-a background thread (CPU tensors have no allocator counter).
+Sizes: NTK block sizes n ∈ {1, 2, 4, 8} (LeNet; quick), plus MLP 3×2048 and pre-activation ResNet-18 at
+default; products on batches of 256 (ResNet-18: 32; GPU 4096 / 256); CUDA block sizes go to 64.
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import os
-import statistics
 import sys
-import threading
-import time
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-from gconv._utils import current_rss_bytes, environment, format_bytes  # noqa: E402
 from gconv.nn import Softplus  # noqa: E402
+
+from bench.core import pick, setting  # noqa: E402
+
+DEVICE = setting("device")
+CUDA = DEVICE == "cuda"
 
 
 # ------------------------------------------------------------------ models (28×28 inputs, 10 outputs)
@@ -140,118 +144,35 @@ def tf_ntk_vp(model, params, x1, x2):
     return vmap(vmap(block, (None, 0)), (0, None))(x1, x2)
 
 
-# ------------------------------------------------------------------ measurement
-class PeakRSS:
-    def __init__(self, period=0.002):
-        self.period, self.peak, self._stop = period, 0, threading.Event()
-
-    def __enter__(self):
-        gc.collect()
-        self.base = current_rss_bytes()
-        self.peak = self.base
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss_bytes())
-            time.sleep(self.period)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, current_rss_bytes())
-
-    @property
-    def growth(self):
-        return self.peak - self.base
-
-
-def measure(cands: dict, repeat=3, check=None) -> dict:
-    """{label: fn} → {label: (median seconds, peak RSS growth, check(first output))}; the timed rounds
-    interleave the candidates so that a changing machine load affects all of them alike."""
-    mem, chk = {}, {}
-    for label, fn in cands.items():
-        with PeakRSS() as m:                        # first call: warm-up, memory, correctness
-            out = fn()
-        chk[label] = check(out) if check is not None else None
-        del out
-        mem[label] = m.growth
-    times = {label: [] for label in cands}
-    for _ in range(repeat):
-        for label, fn in cands.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - t0)
-    return {label: (statistics.median(times[label]), mem[label], chk[label]) for label in cands}
-
-
-# ------------------------------------------------------------------ benchmark sections
-NTK_SHAPES = {"mlp": 2, "lenet": 16, "resnet18": 2}
-PRODUCT_BATCH = {"mlp": 256, "lenet": 256, "resnet18": 32}
-BUDGET = "2GiB"
-REPEAT = {"resnet18": 2}
-NTK_BUDGET = {"mlp": "2GiB", "lenet": "2GiB", "resnet18": "3GiB"}   # one ResNet-18 sample's rows: 0.45 GB + work
-
-
-def bench_ntk(name, n=None, repeat=5):
-    from gconv.jacobian import ntk, Jacobian, ntk_cost_model
-    model, shape = build(name)
-    n = n or NTK_SHAPES[name]
-    g = torch.Generator().manual_seed(1)
-    x1, x2 = torch.randn(n, *shape, generator=g), torch.randn(n, *shape, generator=g)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    rows = {}
-    ref = tf_ntk_contraction(model, params, x1, x2)
-    cands = {
-        "torch.func contraction": lambda: tf_ntk_contraction(model, params, x1, x2),
-        "torch.func ntk-vp": lambda: tf_ntk_vp(model, params, x1, x2),
-    }
-    for m in ("structured", "jacobian_contraction", "ntk_vector_products", "auto"):
-        cands[f"gconv {m}"] = (lambda m=m: ntk(model, x1, x2, method=m, memory_budget=NTK_BUDGET[name]))
-    def err(out):
-        return float((out - ref).abs().max() / ref.abs().max())
-    for label, (t, mem, e) in measure(cands, REPEAT.get(name, repeat), err).items():
-        rows[label] = dict(seconds=t, peak_rss_growth=mem, rel_err_vs_contraction=e)
-        print(f"  {name:9s} NTK {n}x{n}x10x10  {label:28s} {t * 1e3:10.1f} ms  peak +{format_bytes(mem):>10s}"
-              f"  rel.err {e:.1e}", flush=True)
-    best = min(rows[k]["seconds"] for k in rows if k.startswith("torch.func"))
-    for k in rows:
-        rows[k]["speedup_vs_best_torch_func"] = best / rows[k]["seconds"]
-    auto = ntk_cost_model(Jacobian(model, x1, memory_budget=NTK_BUDGET[name]), n, n, symmetric=False)["choice"]
-    return dict(model=name, n1=n, n2=n, m_y=10, d=sum(p.numel() for p in model.parameters()), auto_choice=auto,
-                methods=rows)
-
-
-def bench_products(name, n=None, repeat=5):
-    from gconv.jacobian import Jacobian
-    model, shape = build(name)
-    n = n or PRODUCT_BATCH[name]
-    X = torch.randn(n, *shape, generator=torch.Generator().manual_seed(2))
-    params = {k: v.detach() for k, v in model.named_parameters()}
+# ------------------------------------------------------------------ the torch.func tutorial's methods
+def _single(model):
     buffers = dict(model.named_buffers())
-    v = {k: torch.randn_like(p) for k, p in params.items()}
-    u = torch.randn(n, 10)
 
-    def f(p):
-        return functional_call(model, (p, buffers), (X,))
-    J = Jacobian(model, X, memory_budget=BUDGET)
-    vf = J.tm.flatten(v)
-    uf = u.reshape(-1)
-    res = {}
-    cands = {"torch.func.jvp (whole batch)": lambda: jvp(f, (params,), (v,))[1],
-             "gconv Jacobian.mv": lambda: J.mv(vf),
-             "torch.func.vjp (whole batch)": lambda: vjp(f, params)[1](u),
-             "gconv Jacobian.rmv": lambda: J.rmv(uf)}
-    for label, (t, mem, _) in measure(cands, REPEAT.get(name, repeat)).items():
-        res[label] = dict(seconds=t, samples_per_s=n / t, peak_rss_growth=mem)
-        print(f"  {name:9s} products n={n:<5d} {label:30s} {t * 1e3:9.1f} ms  {n / t:10.0f} samples/s  peak "
-              f"+{format_bytes(mem)}", flush=True)
-    res["mv_ratio"] = res["torch.func.jvp (whole batch)"]["seconds"] / res["gconv Jacobian.mv"]["seconds"]
-    res["rmv_ratio"] = res["torch.func.vjp (whole batch)"]["seconds"] / res["gconv Jacobian.rmv"]["seconds"]
-    return dict(model=name, n=n, chunk_jv=J.chunk_jv, chunk_vjp=J.chunk_vjp, results=res)
+    def f(params, x):
+        return functional_call(model, (params, buffers), (x.unsqueeze(0),)).squeeze(0)
+    return f
+
+
+def tf_ntk_contraction(model, params, x1, x2):
+    f = _single(model)
+    j1 = vmap(jacrev(f), (None, 0))(params, x1)
+    j1 = [j.flatten(2) for j in j1.values()]
+    j2 = vmap(jacrev(f), (None, 0))(params, x2)
+    j2 = [j.flatten(2) for j in j2.values()]
+    return sum(torch.einsum("Naf,Mbf->NMab", a, b) for a, b in zip(j1, j2))
+
+
+def tf_ntk_vp(model, params, x1, x2):
+    f = _single(model)
+
+    def block(a, b):
+        out, vjp_fn = vjp(lambda p: f(p, a), params)
+
+        def col(vec):
+            return jvp(lambda p: f(p, b), (params,), vjp_fn(vec))[1]
+        basis = torch.eye(out.numel(), dtype=out.dtype).view(out.numel(), -1)
+        return vmap(col)(basis)
+    return vmap(vmap(block, (None, 0)), (0, None))(x1, x2)
 
 
 def digits_28(n=1000):
@@ -263,145 +184,195 @@ def digits_28(n=1000):
     return (X - X.mean()) / X.std(), torch.tensor(d.target[:n])
 
 
-def bench_alignment(n=1000, methods=("gram", "lsmr"), dtype=torch.float32, maxiter=None):
+# ------------------------------------------------------------------ benchmarks
+BUDGET = "2GiB"
+NTK_BUDGET = {"mlp": "2GiB", "lenet": "2GiB", "resnet18": "3GiB"}   # one ResNet-18 sample's rows: 0.45 GB + work
+TF = ("torch.func contraction", "torch.func ntk-vp")
+GCONV_NTK = ("gconv structured", "gconv jacobian_contraction", "gconv ntk_vector_products", "gconv auto")
+NTK_CASES = ([("lenet", n) for n in pick([1, 2, 4, 8], [1, 2, 4, 8, 16] + ([32, 64] if CUDA else []))]
+             + pick([], [("mlp", 2), ("resnet18", 2)] if not CUDA else [("mlp", 16), ("resnet18", 8)]))
+PRODUCT_CASES = pick([("lenet", 4096 if CUDA else 256)],
+                     [("mlp", 4096 if CUDA else 256), ("lenet", 4096 if CUDA else 256),
+                      ("resnet18", 256 if CUDA else 32)])
+BENCH_BASELINES = {"test_ntk": {"provider": TF},
+                   "test_products": {"provider": ("torch.func",)},
+                   "test_lstsq": {"provider": ("scipy lsqr",)}}
+BENCH_PLOTS = [{"name": "ntk-vs-block", "function": "test_ntk", "x": "n", "series": "provider",
+                "where": {"model": "lenet"}, "title": "LeNet-5 NTK block (n×n×10×10) vs block size"}]
+_MODELS: dict = {}
+
+
+def _model(name):
+    if name not in _MODELS:
+        _MODELS.clear()
+        m, shape = build(name)
+        _MODELS[name] = (m.to(DEVICE), shape)
+    return _MODELS[name]
+
+
+def forward_flops(model, X) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(X)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("provider", TF + GCONV_NTK)
+@pytest.mark.parametrize("model,n", NTK_CASES)
+def test_ntk(benchmark, model, n, provider, bench_seed):
+    """NTK block Θ(x1, x2) of n×n samples, m_y = 10; flops 2·n²·m_y²·d; rel. error vs the contraction."""
+    from gconv.jacobian import ntk
+    net, shape = _model(model)
+    g = torch.Generator(device=DEVICE).manual_seed(bench_seed)
+    x1 = torch.randn(n, *shape, generator=g, device=DEVICE)
+    x2 = torch.randn(n, *shape, generator=g, device=DEVICE)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    d = sum(p.numel() for p in params.values())
+    if provider == "torch.func contraction":
+        def fn():
+            return tf_ntk_contraction(net, params, x1, x2)
+    elif provider == "torch.func ntk-vp":
+        def fn():
+            return tf_ntk_vp(net, params, x1, x2)
+    else:
+        method = provider.removeprefix("gconv ")
+
+        def fn():
+            return ntk(net, x1, x2, method=method, memory_budget=NTK_BUDGET[model])
+    ref = tf_ntk_contraction(net, params, x1, x2)
+    out = fn()                                                          # warm-up and correctness
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert err < 1e-3, f"{provider}: relative error {err:.2e} against the torch.func contraction"
+    del out, ref
+    benchmark.group = f"ntk {model} n={n}"
+    benchmark.extra_info.update(d=d, m_y=10, flops=2 * n * n * 100 * d, flops_dtype="float32", rel_err=err)
+    benchmark.pedantic(fn, rounds=pick(3, 5 if model != "resnet18" else 2), iterations=1, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("provider", ["torch.func", "gconv"])
+@pytest.mark.parametrize("product", ["Jv", "JTu"])
+@pytest.mark.parametrize("model,batch", PRODUCT_CASES)
+def test_products(benchmark, model, batch, product, provider, bench_seed):
+    """J·v (forward mode) / Jᵀ·u (reverse mode) over the whole batch; flops 3F each."""
+    from gconv.jacobian import Jacobian
+    net, shape = _model(model)
+    g = torch.Generator(device=DEVICE).manual_seed(bench_seed)
+    X = torch.randn(batch, *shape, generator=g, device=DEVICE)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+    v = {k: torch.randn(p.shape, generator=g, device=DEVICE) for k, p in params.items()}
+    u = torch.randn(batch, 10, generator=g, device=DEVICE)
+
+    def f(p):
+        return functional_call(net, (p, buffers), (X,))
+    if provider == "gconv":
+        J = Jacobian(net, X, memory_budget=BUDGET)
+        vf, uf = J.tm.flatten(v), u.reshape(-1)
+        fn = (lambda: J.mv(vf)) if product == "Jv" else (lambda: J.rmv(uf))
+        benchmark.extra_info.update(chunk_jv=J.chunk_jv, chunk_vjp=J.chunk_vjp)
+    else:
+        fn = (lambda: jvp(f, (params,), (v,))[1]) if product == "Jv" else (lambda: vjp(f, params)[1](u))
+    fn()
+    benchmark.group = f"products {model} {product} batch={batch}"
+    benchmark.extra_info.update(flops=3 * forward_flops(net, X), flops_dtype="float32")
+    benchmark.pedantic(fn, rounds=pick(5, 5 if model != "resnet18" else 3), iterations=1, warmup_rounds=1)
+
+
+LSTSQ_ITERS = pick(5, 20)
+LSTSQ_N = pick(64, 128)
+
+
+@pytest.mark.parametrize("provider", ["scipy lsqr", "gconv lsqr", "gconv lsmr"])
+def test_lstsq(benchmark, provider, bench_seed):
+    """min ‖J θ − y‖ on LeNet-5's Jacobian at LSTSQ_N digits × 10 outputs, LSTSQ_ITERS iterations each
+    (5 quick, 20 otherwise); flops LSTSQ_ITERS·6F."""
+    from scipy.sparse.linalg import lsqr as scipy_lsqr
+
+    from gconv.jacobian import Jacobian, lsmr, lsqr
+    net, _ = _model("lenet")       # on CUDA, scipy's products cross the bus: the comparison a user faces
+    X, _y = digits_28(LSTSQ_N)
+    X = X.to(DEVICE)
+    J = Jacobian(net, X, memory_budget=BUDGET)
+    b = torch.randn(J.shape[0], generator=torch.Generator(device=DEVICE).manual_seed(bench_seed), device=DEVICE)
+    if provider == "scipy lsqr":
+        op, bn = J.to_scipy(), b.cpu().numpy()
+
+        def fn():
+            return scipy_lsqr(op, bn, atol=0.0, btol=0.0, conlim=0.0, iter_lim=LSTSQ_ITERS)
+    else:
+        solver = lsqr if provider == "gconv lsqr" else lsmr
+
+        def fn():
+            return solver(J, b, atol=0.0, btol=0.0, conlim=0.0, maxiter=LSTSQ_ITERS)
+    fn()
+    benchmark.group = f"lstsq lenet {J.shape[0]}x{J.shape[1]}"
+    benchmark.extra_info.update(iterations=LSTSQ_ITERS, flops=LSTSQ_ITERS * 6 * forward_flops(net, X),
+                                flops_dtype="float32")
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("route", ["gram", "lsmr"])
+def test_alignment(benchmark, route):
+    """LeNet-5 alignment check (cross-entropy, m_y = 10) on 100 (quick) / 1,000 real digits, float32; the
+    lsmr route stops after 10 (quick) / 30 iterations."""
     from gconv.jacobian import alignment
-    X, y = digits_28(n)
-    model, _ = build("lenet")
-    model = model.to(dtype)
+    net, _ = _model("lenet")
+    X, y = digits_28(pick(100, 1000))
+    X, y = X.to(DEVICE), y.to(DEVICE)
     out = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        with PeakRSS() as mem:
-            r = alignment(model, (X.to(dtype), y), "cross_entropy", method=method, memory_budget=BUDGET,
-                          maxiter=maxiter, progress=False)
-        t = time.perf_counter() - t0
-        out[method] = dict(seconds=t, verdict=r.verdict, relative_residual=r.relative_residual,
-                           iterations=r.iterations, istop=r.istop, peak_rss_growth=mem.growth, message=r.message)
-        print(f"  LeNet alignment n={n} m_y=10 ({str(dtype)[6:]}) {method:5s}: {r.verdict:13s} {t:7.1f} s  "
-              f"‖r‖/‖Y‖={r.relative_residual:.2e} it={r.iterations} peak +{format_bytes(mem.growth)}", flush=True)
-    return dict(n=n, m_y=10, d=sum(p.numel() for p in model.parameters()), dtype=str(dtype), methods=out)
+
+    def fn():
+        out["r"] = alignment(net, (X, y), "cross_entropy", method=route, memory_budget=BUDGET,
+                             maxiter=pick(10, 30) if route == "lsmr" else None, progress=False)
+    benchmark.group = f"alignment lenet n={X.shape[0]}"
+    benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    r = out["r"]
+    benchmark.extra_info.update(n=X.shape[0], verdict=r.verdict, relative_residual=r.relative_residual,
+                                iterations=r.iterations, istop=r.istop)
 
 
 def _memory_child(budget, n, q):
     import resource
+
+    from gconv._utils import current_rss_bytes
     from gconv.jacobian import ntk_gram
     torch.set_num_threads(1)
     model, shape = build("lenet")
     X = torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
     ntk_gram(model, X[:4], trace=True, memory_budget=budget, method="jacobian_contraction")   # warm-up
     base = current_rss_bytes()
-    t0 = time.perf_counter()
     K = ntk_gram(model, X, trace=True, memory_budget=budget, method="jacobian_contraction")
-    t = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    q.put(dict(budget=budget, n=n, seconds=t, peak_rss_growth=peak - base, output_bytes=K.numel() * K.element_size()))
+    q.put(dict(peak_rss_growth=peak - base, output_bytes=K.numel() * K.element_size()))
 
 
-def bench_memory(n=2000, budgets=("64MB", "256MB", "1GiB")):
-    """Peak memory of a streamed LeNet NTK Gram (trace, contraction) against the budget, each in a fresh
-    process (the allocator keeps what a previous run freed); the dense J alone would be n·10·61,706·4 B."""
+@pytest.mark.skipif(CUDA, reason="a CPU memory-budget check (RSS in a fresh process)")
+@pytest.mark.parametrize("budget", pick(
+    [pytest.param("64MB", marks=pytest.mark.skip(reason="default and full modes only (~1 min per budget on 2 cores)"))],
+    ["64MB", "256MB", "1GiB"]))
+def test_ntk_gram_budget(benchmark, budget):
+    """Streamed LeNet NTK Gram (trace, contraction, n = 2000) under a memory budget: time here, and the peak
+    RSS growth of the same call in a fresh process (the allocator keeps what earlier tests freed); the dense
+    J alone would be n·10·61,706·4 B = 4.9 GB."""
     import multiprocessing as mp
+    from gconv.jacobian import ntk_gram
+    from gconv._utils import parse_bytes
+    n = 2000
+    model, shape = build("lenet")
+    X = torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
+    benchmark.group = f"ntk_gram lenet n={n} budget"
+    benchmark.pedantic(lambda: ntk_gram(model, X, trace=True, memory_budget=budget, method="jacobian_contraction"),
+                       rounds=1, iterations=1, warmup_rounds=0)
     ctx = mp.get_context("spawn")
-    out = []
-    for b in budgets:
-        q = ctx.Queue()
-        p = ctx.Process(target=_memory_child, args=(b, n, q))
-        p.start()
-        r = q.get()
-        p.join()
-        out.append(r)
-        print(f"  lenet ntk_gram n={n} trace contraction budget {b:>6s}: {r['seconds']:6.1f} s  peak +"
-              f"{format_bytes(r['peak_rss_growth'])} (output {format_bytes(r['output_bytes'])}; dense J would be "
-              f"{format_bytes(n * 10 * 61706 * 4)})", flush=True)
-    return out
+    q = ctx.Queue()
+    p = ctx.Process(target=_memory_child, args=(budget, n, q))
+    p.start()
+    r = q.get(timeout=1800)
+    p.join()
+    benchmark.extra_info.update(fresh_process_peak_rss_growth=r["peak_rss_growth"], budget_bytes=parse_bytes(budget))
+    assert r["peak_rss_growth"] <= 1.25 * parse_bytes(budget) + 300e6, r
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="LeNet only, smaller alignment check")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--models", nargs="*", default=None, help="mlp lenet resnet18 (default: all)")
-    p.add_argument("--sections", nargs="*", default=["ntk", "products", "memory", "alignment"])
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    models = a.models or (["lenet"] if a.quick else ["mlp", "lenet", "resnet18"])
-    report = dict(environment=environment(), threads=torch.get_num_threads(), budget=BUDGET, ntk_budget=NTK_BUDGET,
-                  ntk=[], products=[], alignment=[], load_average_before=os.getloadavg())
-    os.makedirs(a.out, exist_ok=True)
-    tag = f"t{torch.get_num_threads()}-" + "-".join(a.sections) + "-" + "-".join(models) + ("-quick" if a.quick else "")
-    path = os.path.join(a.out, f"jacobian-cpu-{os.cpu_count()}cores-{tag}.json")
-    from gconv._utils import dumps
-
-    def save():
-        report["load_average_after"] = os.getloadavg()
-        with open(path, "w") as fh:
-            fh.write(dumps(report, indent=1))
-    print(f"gconv.jacobian benchmarks on {report['environment']['cpu']} ({torch.get_num_threads()} threads), "
-          f"load average {os.getloadavg()}")
-    if "ntk" in a.sections:
-        for m in models:
-            report["ntk"].append(bench_ntk(m))
-            save()
-    if "products" in a.sections:
-        for m in models:
-            report["products"].append(bench_products(m))
-            save()
-    if "memory" in a.sections:
-        report["memory"] = bench_memory()
-        save()
-    if "alignment" in a.sections:
-        n = 200 if a.quick else 1000
-        for args in ((("gram",), torch.float64), (("gram",), torch.float32)):
-            report["alignment"].append(bench_alignment(n, *args))
-            save()
-        report["alignment"].append(bench_alignment(n, ("lsmr",), torch.float32, maxiter=30))
-        save()
-    print("wrote", path)
-    return 0
-
-
-# ------------------------------------------------------------------ pytest-benchmark entries
-try:
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-    @pytest.mark.parametrize("method", ["torch.func contraction", "torch.func ntk-vp", "structured",
-                                        "jacobian_contraction", "auto"])
-    @pytest.mark.parametrize("name", ["mlp", "lenet"])
-    def test_bench_ntk_block(benchmark, name, method):
-        from gconv.jacobian import ntk
-        model, shape = build(name)
-        n = NTK_SHAPES[name]
-        g = torch.Generator().manual_seed(1)
-        x1, x2 = torch.randn(n, *shape, generator=g), torch.randn(n, *shape, generator=g)
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        fn = {"torch.func contraction": lambda: tf_ntk_contraction(model, params, x1, x2),
-              "torch.func ntk-vp": lambda: tf_ntk_vp(model, params, x1, x2)}.get(
-            method, lambda: ntk(model, x1, x2, method=method, memory_budget=BUDGET))
-        benchmark.group = f"ntk-{name}"
-        benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
-
-    @pytest.mark.parametrize("op", ["jvp", "mv", "vjp", "rmv"])
-    def test_bench_products_lenet(benchmark, op):
-        from gconv.jacobian import Jacobian
-        model, shape = build("lenet")
-        X = torch.randn(256, *shape)
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        v = {k: torch.randn_like(p) for k, p in params.items()}
-        u = torch.randn(256, 10)
-        J = Jacobian(model, X, memory_budget=BUDGET)
-
-        def f(p):
-            return functional_call(model, p, (X,))
-        fn = {"jvp": lambda: jvp(f, (params,), (v,)), "vjp": lambda: vjp(f, params)[1](u),
-              "mv": lambda: J.mv(J.tm.flatten(v)), "rmv": lambda: J.rmv(u.reshape(-1))}[op]
-        benchmark.group = "products-lenet"
-        benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":        # python bench/bench_jacobian.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "jacobian", *sys.argv[1:]]))

@@ -1,34 +1,31 @@
-"""CPU benchmarks of the fused layers: EE head (seed 000, eq. 3.4) and softplus_ζ.
-
-Two ways to run it (both measure every provider in the same process, so ratios are comparable):
-
-    python -m pytest bench/bench_layers.py --benchmark-only          # pytest-benchmark tables
-    python bench/bench_layers.py [--quick] [--out bench/results/cpu-<model>/layers.json]
-                                                                      # one JSON with ratios
+"""Fused layers (issue 2): the EE head (seed 000, eq. 3.4) and softplus_ζ against torch eager and torch.compile.
 
 Providers: ``eager`` (the plain-PyTorch reference differentiated by autograd), ``compile``
 (``torch.compile`` of that reference) and ``gconv`` (the custom op on the implementation
-gconv.backends() picks for CPU — the C++ kernels when built).
+gconv.backends() picks for the device: C++ kernels on CPU when built, CUDA/Triton on GPU).
 Modes: ``fwd`` (no grad), ``bwd`` (backward only, forward done in setup), ``full`` (forward +
 backward). Gate states: ``self`` (exploration: z, W, V all need gradients) and ``frozen``
-(exploitation: R frozen, only W needs a gradient).
-Memory: bytes autograd keeps for backward beyond the inputs (``saved_bytes``, exact, via
+(exploitation: R frozen, only W needs a gradient).  Inputs are drawn fresh per run (the run's seed).
+``saved_bytes`` in extra_info: bytes autograd keeps for backward beyond the inputs (exact, via
 saved_tensors_hooks).
-Timing: the providers of one case run interleaved (rep i runs all of them, in rotation), so load
-from other processes on a shared machine hits them alike; the JSON has median and min.
 
-Shapes. EE head: MNIST (B ∈ {64, 4096}, m = 512, m_H = 234, m_y = 10) and a *scaled-down* large
-shape (B = 1024, m = 1024, m_H = 1024, m_y = 1; the GPU shape B = 8192, m = m_H = 4096 needs
-~275 GFLOP per GEMM, minutes per step on 2 cores). Softplus: 16M float32 elements on CPU (the
-GPU script uses 64M).
+Counted work (extra_info ``flops`` / ``bytes``; the report divides by the run's roofline):
+
+* EE head, with G = 2·B·(m+1)·m_y·m_H (one z̃·Wᵀ GEMM): self gate fwd G, bwd 2G (dW, dz), full 3G;
+  frozen gate fwd 2G (W and R), bwd G (dW), full 3G.  Bound: GEMM rate at the dtype (float32).
+* softplus on n float32 elements: bytes moved fwd 2·4n (read z, write y), bwd 3·4n (read z, dy;
+  write dz), full 5·4n.  Bound: copy bandwidth.
+
+Shapes. EE head: MNIST (B ∈ {64, 4096}, m = 512, m_H = 234, m_y = 10) and a large shape (GPU: B = 8192,
+m = m_H = 4096, m_y = 1; CPU: scaled down to B = 1024, m = m_H = 1024, since the GPU shape needs
+~275 GFLOP per GEMM); a batch sweep of the MNIST head (full step, self gate) for the time-vs-batch plot.
+Softplus: 1M (quick) / 16M (CPU) / 64M (GPU) elements.  ``python bench/gpu_layers.py`` adds the
+per-implementation GPU variants (Triton tf32x3, recompute backward) and the issue-2 targets.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
 
 import pytest
 import torch
@@ -43,22 +40,27 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from gconv import ops  # noqa: E402
-from gconv._utils import environment, peak_rss_bytes, to_jsonable  # noqa: E402
+from bench.core import pick, setting  # noqa: E402
 
+DEVICE = setting("device")
 EE_SHAPES = {"mnist-b64": (64, 512, 234, 10), "mnist-b4096": (4096, 512, 234, 10),
-             "large-scaled": (1024, 1024, 1024, 1)}
-SOFTPLUS_N = 16 * 2**20
+             "large": (8192, 4096, 4096, 1) if DEVICE == "cuda" else (1024, 1024, 1024, 1)}
+SOFTPLUS_N = pick(2**20, 64 * 2**20 if DEVICE == "cuda" else 16 * 2**20)
 PROVIDERS = ("eager", "compile", "gconv")
-MODES = ("fwd", "bwd", "full")
+MODES = pick(("fwd", "full"), ("fwd", "bwd", "full"))
+BATCHES = pick([16, 64, 256, 1024], [16, 64, 256, 1024, 4096] + ([16384, 65536] if DEVICE == "cuda" else []))
+BENCH_BASELINES = {"provider": ("eager", "compile")}
+BENCH_PLOTS = [{"name": "ee-head-vs-batch", "function": "test_ee_head_batch", "x": "batch", "series": "provider",
+                "title": "EE head full step (MNIST head, self gate) vs batch"}]
 
 
 # ------------------------------------------------------------------ cases
-def _ee_tensors(shape, gate, dtype=torch.float32):
+def _ee_tensors(shape, gate, dtype=torch.float32, seed=0):
     bsz, m, m_h, m_y = shape
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(bsz, m, generator=g, dtype=dtype)
-    w = torch.randn(m_y, m_h, m + 1, generator=g, dtype=dtype) * (2.0 / (m + 1)) ** 0.5
-    v = torch.rand(m_y, m_h, generator=g, dtype=dtype) * 2 / m_h ** 0.5 - 1 / m_h ** 0.5
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    z = torch.randn(bsz, m, generator=g, dtype=dtype, device=DEVICE)
+    w = torch.randn(m_y, m_h, m + 1, generator=g, dtype=dtype, device=DEVICE) * (2.0 / (m + 1)) ** 0.5
+    v = (torch.rand(m_y, m_h, generator=g, dtype=dtype, device=DEVICE) * 2 - 1) / m_h ** 0.5
     r = w.clone() if gate == "frozen" else None
     z.requires_grad_(gate == "self")
     w.requires_grad_(True)
@@ -89,9 +91,9 @@ def _sp_fn(provider):
     return _COMPILED["sp"]
 
 
-def ee_case(shape_name, gate, provider, mode):
-    """(setup, run) pair: setup() → args for run(*args)."""
-    z, w, v, r = _ee_tensors(EE_SHAPES[shape_name], gate)
+def ee_case(shape, gate, provider, mode, seed=0):
+    """(setup, run) pair: setup() → args for run(*args).  ``shape``: a name in EE_SHAPES or (B, m, m_H, m_y)."""
+    z, w, v, r = _ee_tensors(EE_SHAPES.get(shape, shape) if isinstance(shape, str) else shape, gate, seed=seed)
     fn = _ee_fn(provider)
     leaves = [t for t in (z, w, v) if t.requires_grad]
 
@@ -113,9 +115,10 @@ def ee_case(shape_name, gate, provider, mode):
     return {"fwd": (None, fwd), "full": (None, full), "bwd": (setup_bwd, bwd)}[mode], (z, w, v, r, fn, leaves)
 
 
-def sp_case(provider, mode, n=SOFTPLUS_N):
-    z = (torch.randn(n, generator=torch.Generator().manual_seed(0)) * 0.05).requires_grad_()
-    g = torch.randn(n)
+def sp_case(provider, mode, n=SOFTPLUS_N, seed=0):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    z = (torch.randn(n, generator=gen, device=DEVICE) * 0.05).requires_grad_()
+    g = torch.randn(n, generator=gen, device=DEVICE)
     fn = _sp_fn(provider)
 
     def fwd():
@@ -151,18 +154,22 @@ def saved_bytes(fn_call, inputs=()) -> int:
     return sum(seen.values())
 
 
-# ------------------------------------------------------------------ pytest-benchmark
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("gate", ["self", "frozen"])
-@pytest.mark.parametrize("shape_name", list(EE_SHAPES))
-def test_ee_head(benchmark, shape_name, gate, provider, mode):
-    benchmark.group = f"ee_head {shape_name} {gate} {mode}"
-    (setup, run), tensors = ee_case(shape_name, gate, provider, mode)
+# ------------------------------------------------------------------ benchmarks
+def ee_flops(dims, gate, mode):
+    """Counted GEMM flops (module docstring): G = 2·B·(m+1)·m_y·m_H per z̃·Wᵀ product."""
+    bsz, m, m_h, m_y = dims
+    g = 2 * bsz * (m + 1) * m_y * m_h
+    return g * {("self", "fwd"): 1, ("self", "bwd"): 2, ("self", "full"): 3,
+                ("frozen", "fwd"): 2, ("frozen", "bwd"): 1, ("frozen", "full"): 3}[(gate, mode)]
+
+
+def _bench_ee(benchmark, dims, gate, provider, mode, seed):
+    (setup, run), tensors = ee_case(dims, gate, provider, mode, seed)
     z, w, v, r, fn, _ = tensors
+    benchmark.extra_info.update(flops=ee_flops(dims, gate, mode), flops_dtype="float32")
     if mode != "fwd":
         benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r), (z, w, v, r))
-    rounds = 3 if EE_SHAPES[shape_name][0] >= 1024 else 20
+    rounds = 3 if DEVICE == "cpu" and dims[0] * dims[1] >= 1024 * 1024 else 10
     if setup is None:
         run()   # warm-up (compiles)
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
@@ -173,113 +180,39 @@ def test_ee_head(benchmark, shape_name, gate, provider, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_softplus(benchmark, provider, mode):
+@pytest.mark.parametrize("gate", ["self", "frozen"])
+@pytest.mark.parametrize("shape_name", pick(["mnist-b4096"], list(EE_SHAPES)))
+def test_ee_head(benchmark, shape_name, gate, provider, mode, bench_seed):
+    """EE head at the named shape; flops counted by :func:`ee_flops`."""
+    benchmark.group = f"ee_head {shape_name} {gate} {mode}"
+    _bench_ee(benchmark, EE_SHAPES[shape_name], gate, provider, mode, bench_seed)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_ee_head_batch(benchmark, batch, provider, bench_seed):
+    """MNIST head (m = 512, m_H = 234, m_y = 10), self gate, full step, vs batch (flops 3G)."""
+    benchmark.group = f"ee_head batch {batch} self full"
+    _bench_ee(benchmark, (batch, 512, 234, 10), "self", provider, "full", bench_seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_softplus(benchmark, provider, mode, bench_seed):
+    """softplus_ζ (ζ = 100) on SOFTPLUS_N float32 elements; bytes = (2|3|5)·4n for fwd|bwd|full."""
     benchmark.group = f"softplus {SOFTPLUS_N} fp32 {mode}"
-    (setup, run), (z, g, fn) = sp_case(provider, mode)
+    (setup, run), (z, g, fn) = sp_case(provider, mode, SOFTPLUS_N, bench_seed)
+    benchmark.extra_info["bytes"] = {"fwd": 2, "bwd": 3, "full": 5}[mode] * 4 * SOFTPLUS_N
     if mode != "fwd":
         benchmark.extra_info["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0), (z,))
     if setup is None:
         run()
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     else:
         run(*setup()[0])
-        benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
+        benchmark.pedantic(run, setup=setup, rounds=10, warmup_rounds=1)
 
 
-# ------------------------------------------------------------------ script: one JSON with ratios
-def _time_group(cases: dict, reps: int) -> dict:
-    """Interleaved timing: each rep runs every provider once, in rotation, so that load from other
-    processes on a shared machine hits all providers alike. Returns {provider: (median_s, min_s)}."""
-    ts = {p: [] for p in cases}
-    order = list(cases)
-    for i in range(reps):
-        for p in order[i % len(order):] + order[:i % len(order)]:
-            setup, run = cases[p]
-            args = setup()[0] if setup else ()
-            t0 = time.perf_counter()
-            run(*args)
-            ts[p].append(time.perf_counter() - t0)
-    return {p: (sorted(v)[len(v) // 2], min(v)) for p, v in ts.items()}
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/cpu-<model>/layers.json)")
-    ap.add_argument("--quick", action="store_true", help="only the MNIST B=64 head and 1M-element softplus")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (on a shared, loaded machine 1 thread avoids timing "
-                         "OpenMP barrier waits instead of the kernels)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment()
-    rows = []
-    shapes = ["mnist-b64"] if args.quick else list(EE_SHAPES)
-    for shape_name in shapes:
-        for gate in ("self", "frozen"):
-            for mode in MODES:
-                cases, meta = {}, {}
-                for provider in PROVIDERS:
-                    (setup, run), (z, w, v, r, fn, _) = ee_case(shape_name, gate, provider, mode)
-                    run(*(setup()[0] if setup else ()))          # warm-up (and compilation)
-                    cases[provider] = (setup, run)
-                    meta[provider] = {}
-                    if mode != "fwd":
-                        meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, w, v, r), (z, w, v, r))
-                reps = args.reps if EE_SHAPES[shape_name][0] >= 1024 else 4 * args.reps
-                for provider, (med, mn) in _time_group(cases, reps).items():
-                    meta[provider].update(median_s=med, min_s=mn)
-                _ratios(meta)
-                rows.append({"op": "ee_head", "shape": shape_name, "dims(B,m,m_H,m_y)": EE_SHAPES[shape_name],
-                             "gate": gate, "mode": mode, "dtype": "float32", "reps": reps, **meta})
-                print(_line(rows[-1]), flush=True)
-    n = 2**20 if args.quick else SOFTPLUS_N
-    for mode in MODES:
-        cases, meta = {}, {}
-        for provider in PROVIDERS:
-            (setup, run), (z, g, fn) = sp_case(provider, mode, n)
-            run(*(setup()[0] if setup else ()))
-            cases[provider] = (setup, run)
-            meta[provider] = {}
-            if mode != "fwd":
-                meta[provider]["saved_bytes"] = saved_bytes(lambda: fn(z, 100.0), (z,))
-        for provider, (med, mn) in _time_group(cases, 2 * args.reps).items():
-            moved = (2 if mode == "fwd" else 3 if mode == "bwd" else 5) * n * 4
-            meta[provider].update(median_s=med, min_s=mn, GBps=moved / med / 1e9)
-        _ratios(meta)
-        rows.append({"op": "softplus", "shape": f"{n} elements", "gate": None, "mode": mode, "dtype": "float32",
-                     "reps": 2 * args.reps, **meta})
-        print(_line(rows[-1]), flush=True)
-    rss = peak_rss_bytes()
-    import gconv
-    out = {"device": env["cpu"], "environment": env, "backends": gconv.backends(), "peak_rss_bytes": rss,
-           "load_average_at_end": os.getloadavg(), "results": rows,
-           "note": "median over interleaved reps; ratios are eager/compile median over gconv median"}
-    path = args.out or os.path.join(ROOT, "bench", "results", "cpu-" + _slug(env["cpu"]), "layers.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(to_jsonable(out), fh, indent=1)
-    print("wrote", path)
-
-
-def _ratios(res):
-    for p in PROVIDERS:
-        res[p]["speedup_vs_eager"] = res["eager"]["median_s"] / res[p]["median_s"]
-        res[p]["speedup_vs_compile"] = res["compile"]["median_s"] / res[p]["median_s"]
-
-
-def _line(row):
-    g = row["gconv"]
-    return (f"{row['op']:9s} {row['shape']:14s} {str(row['gate']):7s} {row['mode']:5s} "
-            f"eager {row['eager']['median_s'] * 1e3:9.2f} ms  compile {row['compile']['median_s'] * 1e3:9.2f} ms  "
-            f"gconv {g['median_s'] * 1e3:9.2f} ms  ×eager {g['speedup_vs_eager']:.2f}  "
-            f"×compile {g['speedup_vs_compile']:.2f}")
-
-
-def _slug(s):
-    return "".join(c if c.isalnum() else "-" for c in s).strip("-").lower()[:60]
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":        # python bench/bench_layers.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "layers", *sys.argv[1:]]))

@@ -1,144 +1,123 @@
-"""Rank-certification benchmark (issue 3): gconv vs numpy / torch ``matrix_rank`` on the explicit matrix.
-
-    python -m pytest bench/bench_rank.py -q                      # n = 2,000 and 8,000
-    python -m pytest bench/bench_rank.py -q --run-large          # + n = 20,000 and 60,000
-    GCONV_BENCH_MAX_BYTES=8GiB ...                              # largest explicit matrix for numpy / torch
+"""Rank certification (issue 3): gconv's certificate from the implicit matrix vs numpy / torch ``matrix_rank``.
 
 Shapes: safe exploration φ = S ⊙ Z (m_{H−1} = 513, m_H = ⌈2n/513⌉, seed 000) and expressivity
 [h_X, 1_n] with width ⌈1.1 n⌉ (seeds 002/003), both from real digit images through a random softplus(100)
-conv net (:mod:`gconv.linalg.testing`).  gconv certifies from the implicit matrix; numpy / torch get
-the materialised float64 matrix (where it fits in ``GCONV_BENCH_MAX_BYTES``, default 3 GiB).  Time is
-pytest-benchmark's (one round: these are seconds-to-minutes runs); peak memory is measured in a fresh
-subprocess per case (the larger of the sampled RSS growth and the traced NumPy allocations during the
-call, after the inputs are built).  Everything lands
-in bench/results/rank_cpu.json with the machine and the ratios to numpy measured in the same run.
+conv net (:mod:`gconv.linalg.testing`).  ``gconv`` certifies full row rank from the implicit matrix
+(``device`` = the run's device: the dense device route on CUDA); ``numpy`` / ``torch`` compute
+``matrix_rank`` (an SVD) of the materialised float64 matrix, where it fits in ``GCONV_BENCH_MAX_BYTES``
+(default 3 GiB, with the SVD's workspace) — otherwise they are skipped with that reason.  ``torch`` runs
+on the run's device.  One round per case (seconds to minutes); the rank and the certificate's status
+are in extra_info.
+
+Counted work (extra_info ``flops``, float64): the dense Gram route on the explicit n×D matrix,
+n²·D (the Gram, symmetric) + n³/3 (Cholesky), for every provider alike — an *equivalent-work* rate:
+gconv forms the Gram implicitly (cheaper for S ⊙ Z), an SVD does more.  Bound: float64 GEMM rate.
+
+Sizes: quick n ∈ {500, 1000, 2000} (expressivity up to 1000), default adds 4,000 and 8,000, full adds
+20,000 and 60,000 (``large``; the n = 60,000 safe-exploration run is ~25 min and ~16 GiB on 2 cores —
+see bench/rank_60k.py for the checkpointed end-to-end script).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
 import sys
-import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-from gconv._utils import environment, format_bytes, parse_bytes  # noqa: E402
+from gconv._utils import format_bytes, parse_bytes  # noqa: E402
 
-SIZES = [2000, 8000, pytest.param(20000, marks=pytest.mark.large), pytest.param(60000, marks=pytest.mark.large)]
-SHAPES = ["safe", "expressivity"]
+from bench.core import pick, setting  # noqa: E402
+
+DEVICE = setting("device")
+_L = [pytest.param(n, marks=pytest.mark.large) for n in (20000, 60000)]
+SIZES = {"safe": pick([500, 1000, 2000], [500, 1000, 2000, 4000, 8000], [500, 1000, 2000, 4000, 8000] + _L),
+         "expressivity": pick([500, 1000], [500, 1000, 2000, 4000, 8000], [500, 1000, 2000, 4000, 8000] + _L)}
 PROVIDERS = ["gconv", "numpy", "torch"]
 MAX_BYTES = parse_bytes(os.environ.get("GCONV_BENCH_MAX_BYTES", "3GiB"))
-RESULTS: list = []
+BENCH_BASELINES = {"provider": ("numpy", "torch")}
+BENCH_PLOTS = [{"name": f"rank-{s}-vs-n", "x": "n", "series": "provider", "where": {"shape": s},
+                "title": f"rank certification vs n ({s})"} for s in SIZES]
 
-_INPUTS = textwrap.dedent(r"""
-    import math, numpy as np
+
+def inputs(shape, n):
+    """The implicit matrix for ``shape`` at ``n`` rows (deterministic: digit features)."""
     import gconv.linalg as L
     from gconv.linalg.testing import digit_features
+    Z = digit_features(n)
+    if shape == "safe":
+        q = np.random.default_rng(1).standard_normal((Z.shape[1], math.ceil(2 * n / Z.shape[1])))
+        S = 1.0 / (1.0 + np.exp(-(Z @ q)))
+        return L.KhatriRao(S, Z)
+    width = math.ceil(1.1 * n)
+    W = np.random.default_rng(2).standard_normal((Z.shape[1] - 1, width)) * math.sqrt(2.0 / (Z.shape[1] - 1))
+    return L.ActivatedFeatures(Z[:, :-1], W, np.zeros(width), "softplus")
 
-    def inputs(shape, n):
-        Z = digit_features(n)
-        if shape == "safe":
-            q = np.random.default_rng(1).standard_normal((Z.shape[1], math.ceil(2 * n / Z.shape[1])))
-            S = 1.0 / (1.0 + np.exp(-(Z @ q)))
-            return L.KhatriRao(S, Z)
-        width = math.ceil(1.1 * n)
-        W = np.random.default_rng(2).standard_normal((Z.shape[1] - 1, width)) * math.sqrt(2.0 / (Z.shape[1] - 1))
-        return L.ActivatedFeatures(Z[:, :-1], W, np.zeros(width), "softplus")
 
-    def run(provider, A, dense):
-        if provider == "gconv":
-            c = L.certify_full_row_rank(A, progress=False)
-            return c.status.value, c.rank, c
-        if provider == "numpy":
-            r = int(np.linalg.matrix_rank(dense))
-        else:
-            import torch
-            r = int(torch.linalg.matrix_rank(torch.from_numpy(dense)))
-        return ("rank", r, None)
-""")
+def explicit_columns(shape, n):
+    return math.ceil(2 * n / 513) * 513 if shape == "safe" else math.ceil(1.1 * n) + 1
 
-_WORKER = _INPUTS + textwrap.dedent(r"""
-    import json, sys, time
-    from gconv.linalg.plan import PeakMemory
-    shape, n, provider = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    A = inputs(shape, n)
-    dense = A.to_dense() if provider != "gconv" else None
-    pm = PeakMemory(interval=0.005)
-    with pm:                       # RSS growth (sampled) and traced NumPy allocations, whichever is larger
-        t = time.perf_counter()
-        status, rank, _ = run(provider, A, dense)
-        dt = time.perf_counter() - t
-    print(json.dumps({"seconds": dt, "peak_growth_bytes": pm.peak, "status": status, "rank": rank}))
-""")
 
-_ns: dict = {}
-exec(_INPUTS, _ns)
 _CACHE: dict = {}
 
 
-def _explicit_bytes(shape, n):
-    D = math.ceil(2 * n / 513) * 513 if shape == "safe" else math.ceil(1.1 * n) + 1
-    return 8 * n * D
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("n", SIZES)
-def test_rank(benchmark, n, shape, provider):
-    if provider != "gconv" and _explicit_bytes(shape, n) * 2.5 > MAX_BYTES:
-        pytest.skip(f"the explicit {shape} matrix at n = {n} is {format_bytes(_explicit_bytes(shape, n))}: "
-                    f"over GCONV_BENCH_MAX_BYTES={format_bytes(MAX_BYTES)} with the SVD's workspace")
+def _get(shape, n, dense):
     key = (shape, n)
     if key not in _CACHE:
         _CACHE.clear()
-        A = _ns["inputs"](shape, n)
-        _CACHE[key] = (A, None)
-    A, dense = _CACHE[key]
-    if provider != "gconv" and dense is None:
-        dense = A.to_dense()
-        _CACHE[key] = (A, dense)
+        _CACHE[key] = [inputs(shape, n), None]
+    if dense and _CACHE[key][1] is None:
+        _CACHE[key][1] = _CACHE[key][0].to_dense()
+    return _CACHE[key]
+
+
+def _cases():
+    return [(s, n) for s in SIZES for n in SIZES[s]]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape,n", [pytest.param(s, n.values[0], marks=n.marks) if hasattr(n, "values")
+                                     else (s, n) for s, n in _cases()])
+def test_rank(benchmark, shape, n, provider):
+    """Certify / compute the rank of the n×D matrix; flops = n²·D + n³/3 (module docstring)."""
+    D = explicit_columns(shape, n)
+    if provider != "gconv" and 8 * n * D * 2.5 > MAX_BYTES:
+        pytest.skip(f"the explicit {shape} matrix at n = {n} is {format_bytes(8 * n * D)}: over "
+                    f"GCONV_BENCH_MAX_BYTES={format_bytes(MAX_BYTES)} with the SVD's workspace")
+    A, dense = _get(shape, n, provider != "gconv")
+    benchmark.group = f"rank {shape} n={n}"
+    benchmark.extra_info.update(n=n, D=D, flops=n * n * D + n ** 3 / 3, flops_dtype="float64")
     out = {}
 
-    def go():
-        import time
-        t = time.perf_counter()
-        out["r"] = _ns["run"](provider, A, dense)
-        out["t"] = time.perf_counter() - t
-    benchmark.pedantic(go, rounds=1, iterations=1, warmup_rounds=0)
-    status, rank, cert = out["r"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    w = subprocess.run([sys.executable, "-c", _WORKER, shape, str(n), provider], capture_output=True, text=True,
-                       env=env, timeout=7200)
-    mem = json.loads(w.stdout.strip().splitlines()[-1]) if w.returncode == 0 else {"error": w.stderr[-500:]}
-    rec = {"n": n, "shape": shape, "provider": provider, "seconds": out["t"],
-           "peak_growth_bytes": mem.get("peak_growth_bytes"), "status": status, "rank": rank}
-    if cert is not None:
-        rec["sigma_min_lower"] = cert.sigma_min_lower
-        rec["methods"] = [(m.method, m.outcome) for m in cert.methods]
-    benchmark.extra_info.update(rec)
-    RESULTS.append(rec)
     if provider == "gconv":
-        assert status in ("CERTIFIED_FULL_RANK", "INCONCLUSIVE", "CERTIFIED_RANK_DEFICIENT")
+        import gconv.linalg as L
+
+        def go():
+            out["c"] = L.certify_full_row_rank(A, progress=False, device=DEVICE)
+    elif provider == "numpy":
+        def go():
+            out["rank"] = int(np.linalg.matrix_rank(dense))
+    else:
+        import torch
+        t = torch.from_numpy(dense).to(DEVICE)
+
+        def go():
+            out["rank"] = int(torch.linalg.matrix_rank(t))
+    benchmark.pedantic(go, rounds=1, iterations=1, warmup_rounds=0)
+    if provider == "gconv":
+        c = out["c"]
+        benchmark.extra_info.update(status=c.status.value, rank=c.rank, sigma_min_lower=c.sigma_min_lower,
+                                    methods=[(m.method, m.outcome) for m in c.methods])
+        assert c.status.value in ("CERTIFIED_FULL_RANK", "INCONCLUSIVE", "CERTIFIED_RANK_DEFICIENT")
+    else:
+        benchmark.extra_info.update(status="rank", rank=out["rank"])
 
 
-def teardown_module(module):
-    if not RESULTS:
-        return
-    base = {(r["n"], r["shape"]): r["seconds"] for r in RESULTS if r["provider"] == "numpy"}
-    for r in RESULTS:
-        b = base.get((r["n"], r["shape"]))
-        r["speedup_vs_numpy"] = (b / r["seconds"]) if b and r["seconds"] else None
-    path = os.path.join(ROOT, "bench", "results", "rank_cpu.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = [r for r in json.load(fh).get("results", [])
-                   if (r["n"], r["shape"], r["provider"]) not in {(x["n"], x["shape"], x["provider"]) for x in RESULTS}]
-    with open(path, "w") as fh:
-        json.dump({"machine": environment(), "results": old + RESULTS}, fh, indent=1)
+if __name__ == "__main__":        # python bench/bench_rank.py [--quick|--full] [--device cuda] ...: this suite alone
+    from bench.__main__ import main
+    sys.exit(main(["run", "--suite", "rank", *sys.argv[1:]]))
