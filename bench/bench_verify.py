@@ -31,10 +31,14 @@ sys.path.insert(0, ROOT)
 
 from gconv._utils import environment, format_bytes, parse_bytes  # noqa: E402
 
-CASES = [("safe_exploration", 2000), ("safe_exploration", 8000), ("expressivity", 2000),
-         pytest.param("safe_exploration", 20000, marks=pytest.mark.large),
-         pytest.param("safe_exploration", 60000, marks=pytest.mark.large)]
+from bench.core import pick  # noqa: E402
+
+CASES = pick([("safe_exploration", 2000)],
+             [("safe_exploration", 2000), ("safe_exploration", 8000), ("expressivity", 2000),
+              pytest.param("safe_exploration", 20000, marks=pytest.mark.large),
+              pytest.param("safe_exploration", 60000, marks=pytest.mark.large)])
 PROVIDERS = ["gconv", "numpy"]
+BENCH_BASELINES = {"provider": ("numpy",)}
 MAX_BYTES = parse_bytes(os.environ.get("GCONV_BENCH_MAX_BYTES", "3GiB"))
 BUDGET = os.environ.get("GCONV_BENCH_MEMORY_BUDGET", "5GiB")
 RESULTS: list = []
