@@ -20,7 +20,26 @@ def parser(description: str, default_out: str, default_seeds=(0, 1, 2)) -> argpa
     p.add_argument("--quick", action="store_true", help="a much smaller, faster version (for tests)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: tiny tensors)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in <out>/<name>.json (same configuration) and do only the missing ones")
     return p
+
+
+def previous_runs(args, name: str, cfg: dict) -> list:
+    """With ``--resume``: the runs of an earlier (possibly killed) invocation with the same configuration."""
+    import json
+
+    from gconv._utils import to_jsonable
+    path = os.path.join(args.out, f"{name}.json")
+    if not getattr(args, "resume", False) or not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        old = json.load(fh)
+    if old.get("config") != to_jsonable(cfg):
+        print(f"--resume: {path} has another configuration; starting afresh")
+        return []
+    print(f"--resume: keeping {len(old.get('runs', []))} finished run(s) from {path}")
+    return list(old.get("runs", []))
 
 
 def setup(args) -> None:

@@ -134,17 +134,9 @@ def main(argv=None) -> dict:
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
     train, test = _split(cfg)
-    runs, t0 = [], time.perf_counter()
-    for seed in args.seeds:
-        a = time.perf_counter()
-        base = run_base(seed, cfg, train, test)
-        ee = run_ee(seed, cfg, train, test, args.progress)
-        runs.append({"seed": seed, "base": base, "ee": ee, "seconds": time.perf_counter() - a})
-        se = ee["safe_exploration"]
-        print(f"seed {seed}: test error base {100 * base['test_error']:.1f} %, EE {100 * ee['test_error']:.1f} % "
-              f"(train {100 * base['train_error']:.1f} % / {100 * ee['train_error']:.1f} %); safe exploration "
-              f"{se['init']['verdict']} (σ_min ≥ {se['init']['sigma_min_lower']}) / {se['switch']['verdict']} "
-              f"[{runs[-1]['seconds']:.0f} s]", flush=True)
+    runs, t0 = C.previous_runs(args, "digits_ee", cfg), time.perf_counter()
+
+    def _record():
         import numpy as np
         b = [r["base"]["test_error"] for r in runs]
         e = [r["ee"]["test_error"] for r in runs]
@@ -154,7 +146,23 @@ def main(argv=None) -> dict:
                               "ee_test_error_mean": float(np.mean(e)), "ee_test_error_std": float(np.std(e)),
                               "safe_exploration_verified": all(r["ee"]["safe_exploration"][k]["verdict"] == "VERIFIED"
                                                                for r in runs for k in ("init", "switch"))}}
-        C.write_json(args, "digits_ee", record)
+        return record
+
+    for seed in args.seeds:
+        if any(x["seed"] == seed for x in runs):
+            continue
+        a = time.perf_counter()
+        base = run_base(seed, cfg, train, test)
+        ee = run_ee(seed, cfg, train, test, args.progress)
+        runs.append({"seed": seed, "base": base, "ee": ee, "seconds": time.perf_counter() - a})
+        se = ee["safe_exploration"]
+        print(f"seed {seed}: test error base {100 * base['test_error']:.1f} %, EE {100 * ee['test_error']:.1f} % "
+              f"(train {100 * base['train_error']:.1f} % / {100 * ee['train_error']:.1f} %); safe exploration "
+              f"{se['init']['verdict']} (σ_min ≥ {se['init']['sigma_min_lower']}) / {se['switch']['verdict']} "
+              f"[{runs[-1]['seconds']:.0f} s]", flush=True)
+        C.write_json(args, "digits_ee", _record())   # after every run: a killed run keeps what it has
+    record = _record()
+    C.write_json(args, "digits_ee", record)
     png = f"{args.out}/digits_ee.png"
     figure(png, runs, cfg)
     print(f"wrote {png} and {args.out}/digits_ee.json ({record['seconds']:.0f} s)")

@@ -105,18 +105,26 @@ def main(argv=None) -> dict:
     args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
-    runs, t0 = [], time.perf_counter()
+    runs, t0 = C.previous_runs(args, "p3l_linear_rate", cfg), time.perf_counter()
+
+    def _record():
+        record = {"experiment": "4: P-3L / shallow mean-field net on random data (seed 004, Experiment 1)",
+                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
+        return record
+
     for seed in args.seeds:
         for n in cfg["ns"]:
+            if any(x["seed"] == seed and x["n"] == n for x in runs):
+                continue
             r = run(n, seed, cfg)
             runs.append(r)
             rt = r["rate_log10_per_1000_steps"]
             print(f"n = {n:4d} seed {seed}: loss {r['initial_loss']:.2e} -> {r['final_loss']:.2e}; rate "
                   f"(−log10 L per 1000 steps) {-rt['first_quarter']:.2f} / {-rt['second_quarter']:.2f} / "
                   f"{-rt['second_half']:.2f}; λ_min(G) = {r['lambda_min_G']:.2e} [{r['seconds']:.0f} s]", flush=True)
-            record = {"experiment": "4: P-3L / shallow mean-field net on random data (seed 004, Experiment 1)",
-                      "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
-            C.write_json(args, "p3l_linear_rate", record)
+            C.write_json(args, "p3l_linear_rate", _record())   # after every run: a killed run keeps what it has
+    record = _record()
+    C.write_json(args, "p3l_linear_rate", record)
     png = f"{args.out}/p3l_linear_rate.png"
     figure(png, runs, cfg, args.seeds)
     print(f"wrote {png} and {args.out}/p3l_linear_rate.json ({record['seconds']:.0f} s)")

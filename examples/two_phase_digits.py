@@ -148,8 +148,16 @@ def main(argv=None) -> dict:
     cfg = dict(QUICK if args.quick else FULL)
     from examples.digits_ee import _split
     train, test = _split(cfg)
-    runs, t0 = [], time.perf_counter()
+    runs, t0 = C.previous_runs(args, "two_phase_digits", cfg), time.perf_counter()
+
+    def _record():
+        record = {"experiment": "5: two-phase on digits + expressivity (seeds 002/003, Algorithm 1, Assumption 1)",
+                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
+        return record
+
     for seed in args.seeds:
+        if any(x["seed"] == seed for x in runs):
+            continue
         r = run_seed(seed, cfg, train, test, args.progress)
         runs.append(r)
         e = r["expressivity"]
@@ -157,9 +165,9 @@ def main(argv=None) -> dict:
               f"loss {r['final_loss']:.3g}; expressivity {e['init']['verdict']} / {e['switch']['verdict']} "
               f"(σ_min/σ_max ≥ {e['switch']['relative_margin']}); rank K(w^τ) = {r['reference_rank']}, "
               f"violations {len(r['violations'])} [{r['seconds']:.0f} s]", flush=True)
-        record = {"experiment": "5: two-phase on digits + expressivity (seeds 002/003, Algorithm 1, Assumption 1)",
-                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
-        C.write_json(args, "two_phase_digits", record)
+        C.write_json(args, "two_phase_digits", _record())   # after every run: a killed run keeps what it has
+    record = _record()
+    C.write_json(args, "two_phase_digits", record)
     png = f"{args.out}/two_phase_digits.png"
     figure(png, runs, cfg)
     print(f"wrote {png} and {args.out}/two_phase_digits.json ({record['seconds']:.0f} s)")

@@ -47,7 +47,7 @@ def test_p3l_linear_rate_small_n_slower_large_n(tmp_path, one_thread):
     small, large = by_n[20], by_n[80]
     assert small["final_loss"] < 1e-3 * small["initial_loss"]
     rs, rl = small["rate_log10_per_1000_steps"], large["rate_log10_per_1000_steps"]
-    assert -rs["second_half"] > 0.4 * -rs["first_quarter"] > 0          # no marked slow-down: ~linear
+    assert -rs["second_half"] > 0.6 * -rs["second_quarter"] > 0         # after the transient: ~constant rate
     assert -rs["second_half"] > 2 * -rl["second_half"]                   # larger n: slower
     assert small["lambda_min_G"] > 0                                      # n ≤ d: Corollary 1 applies
     assert (tmp_path / "p3l_linear_rate.png").exists()
