@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
         se = ee["safe_exploration"]
         print(f"seed {seed}: test error base {100 * base['test_error']:.1f} %, EE {100 * ee['test_error']:.1f} % "
               f"(train {100 * base['train_error']:.1f} % / {100 * ee['train_error']:.1f} %); safe exploration "
-              f"{se['init']['verdict']} (σ_min ≥ {se['init']['sigma_min_lower']}) / {se['switch']['verdict']} "
+              f"{se['init']['verdict']} (σ_min/σ_max ≥ {se['init']['relative_margin'] or 0:.1e}) / {se['switch']['verdict']} "
               f"[{runs[-1]['seconds']:.0f} s]", flush=True)
         C.write_json(args, "digits_ee", _record())   # after every run: a killed run keeps what it has
     record = _record()

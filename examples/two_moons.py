@@ -83,7 +83,7 @@ def figure(path, runs, cfg, seeds):
         ax2.set_ylim(-0.5, max(1, cfg["steps"] // cfg["every"] + 1) + 0.5)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     fig.suptitle(f"Seed 000 Figure 1a: MLP →{cfg['width']}×3→1, softplus ζ = 100, GD lr {cfg['lr']}; "
                  "Q_T from gconv.jacobian.QTracker (exact route)")
     fig.tight_layout()

@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
         e = r["expressivity"]
         print(f"seed {seed}: training error {100 * r['train_error']:.1f} %, test error {100 * r['test_error']:.1f} %, "
               f"loss {r['final_loss']:.3g}; expressivity {e['init']['verdict']} / {e['switch']['verdict']} "
-              f"(σ_min/σ_max ≥ {e['switch']['relative_margin']}); rank K(w^τ) = {r['reference_rank']}, "
+              f"(σ_min/σ_max ≥ {e['switch']['relative_margin'] or 0:.1e}); rank K(w^τ) = {r['reference_rank']}, "
               f"violations {len(r['violations'])} [{r['seconds']:.0f} s]", flush=True)
         C.write_json(args, "two_phase_digits", _record())   # after every run: a killed run keeps what it has
     record = _record()
