@@ -91,3 +91,16 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     from gconv.cli import main
     assert main(["demo", "--quick", "--tau", "0", "--out", str(tmp_path)]) == 2
     assert "--tau must be >= 1" in capsys.readouterr().err
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_configs(tmp_path, one_thread, capsys):
+    from examples import p3l_linear_rate
+    first = p3l_linear_rate.main(quick_args(tmp_path, 0))
+    again = p3l_linear_rate.main(quick_args(tmp_path, 0) + ["--resume"])
+    assert "keeping 2 finished run(s)" in capsys.readouterr().out
+    assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in first["runs"]]   # not recomputed
+    rec = _json(tmp_path, "p3l_linear_rate")
+    rec["config"]["m"] = 7                                   # another configuration: start afresh
+    (tmp_path / "p3l_linear_rate.json").write_text(json.dumps(rec))
+    p3l_linear_rate.main(quick_args(tmp_path, 0) + ["--resume"])
+    assert "another configuration; starting afresh" in capsys.readouterr().out
