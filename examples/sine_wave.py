@@ -83,9 +83,10 @@ def run_seed(seed: int, cfg: dict, progress: bool = False) -> dict:
 
 def figure(path, runs, cfg):
     plt = C.pyplot()
+    import numpy as np
     seeds = [r["seed"] for r in runs]
     col = C.seed_colors(seeds)
-    fig, ax = plt.subplots(1, 2, figsize=(14, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     tau = cfg["tau"]
     for r in runs:
         c = col[r["seed"]]
@@ -95,24 +96,26 @@ def figure(path, runs, cfg):
         s, e = zip(*ee)
         ax[0].plot(s, [100 * v for v in e], ls="--", color=c, alpha=0.8, label=f"seed {r['seed']}: EE, G̃ = G (GD)")
         s, e = zip(*r["ee_exploit_lbfgs"]["curve_error"])
-        ax[0].plot(s, [100 * v for v in e], ls="-", lw=2.2, color=c,
-                   label=f"seed {r['seed']}: EE, G̃ = L-BFGS ({cfg['lbfgs_steps']} steps)")
+        ax[1].plot([v - tau for v in s], [100 * v for v in e], "o-", ms=3, color=c, label=f"seed {r['seed']}")
     ax[0].axvline(tau, color="k", lw=0.8)
-    ax[0].text(tau, ax[0].get_ylim()[1] * 0.97, f" switch τ = {tau}", va="top")
-    ax[0].set(xlabel="step t (full-batch; an L-BFGS step is one outer iteration)", ylabel="training error (%)",
-              title="Training error over time")
+    ax[0].text(tau, 54, f" switch τ = {tau}", va="top")
+    ax[0].set(xlabel="step t (full-batch gradient descent)", ylabel="training error (%)", ylim=(-1, 56),
+              title="Base GD vs EE with G̃ = G (GD at the same rate)")
     ax[0].legend(fontsize=7, ncol=len(runs), loc="lower left")
-    import numpy as np
+    ax[1].set(xlabel="L-BFGS outer step after the switch", ylabel="training error (%)", ylim=(-1, 56),
+              title="EE with G̃ = L-BFGS, from the same switched state")
+    ax[1].legend(fontsize=8)
     x = np.arange(len(runs))
     wdt = 0.27
-    for k, (key, lab, hatch) in enumerate([("base_gd", "base GD", ""), ("ee_exploit_gd", "EE, G̃ = G", "//"),
+    for k, (key, lab, hatch) in enumerate([("base_gd", f"base GD ({tau + cfg['gd_exploit_steps']} steps)", ""),
+                                           ("ee_exploit_gd", "EE, G̃ = G", "//"),
                                            ("ee_exploit_lbfgs", "EE, G̃ = L-BFGS", "xx")]):
         vals = [100 * r[key]["final_error"] for r in runs]
-        b = ax[1].bar(x + (k - 1) * wdt, vals, wdt, label=lab, hatch=hatch, color=f"C{k + 4}", edgecolor="k")
-        ax[1].bar_label(b, fmt="%.0f", fontsize=8)
-    ax[1].set_xticks(x, [f"seed {r['seed']}" for r in runs])
-    ax[1].set(ylabel="final training error (%)", title="Final training error")
-    ax[1].legend(fontsize=8)
+        b = ax[2].bar(x + (k - 1) * wdt, vals, wdt, label=lab, hatch=hatch, color=f"C{k + 4}", edgecolor="k")
+        ax[2].bar_label(b, fmt="%.0f", fontsize=8)
+    ax[2].set_xticks(x, [f"seed {r['seed']}" for r in runs])
+    ax[2].set(ylabel="final training error (%)", title="Final training error", ylim=(0, 45))
+    ax[2].legend(fontsize=8)
     fig.suptitle(f"Seed 000 §2.2 sine wave: n = 100, MLP 1→{cfg['width']}×3→1, softplus ζ = 100, GD lr {cfg['lr']}, "
                  f"EE ε = {cfg['epsilon']}, τ = {tau}")
     fig.tight_layout()

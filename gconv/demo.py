@@ -293,7 +293,7 @@ def run_demo(args) -> int:
         print(f"\nresult: training error after {cfg['base_steps']} GD steps {100 * base['final_error']:.0f} % (base); "
               f"EE wrapper after {cfg['tau']} GD + {cfg['exploit_steps']} L-BFGS steps {100 * ee['final_error']:.0f} %"
               f"  ->  {'OK' if ok else 'NOT OK'}")
-        print("        (full setting, examples/sine_wave.py: GD stays at 22-23 % after 4,000 steps; docs/experiments.md)")
+        print("        (full setting, examples/sine_wave.py: GD is at 22-27 % after 4,000 steps; docs/experiments.md)")
         print(f"figure: {png}\nnumbers: {js}\ntotal {total:.0f} s")
         return 0 if ok else 1
     finally:
