@@ -15,7 +15,6 @@ and certifies the safe-exploration condition (seed 000, Assumption 4: rank φ(q,
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 

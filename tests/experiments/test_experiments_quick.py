@@ -2,7 +2,6 @@
 and the main job (``gconv demo --quick``). The full runs and their numbers: docs/experiments.md."""
 import json
 
-import pytest
 
 
 
