@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="run the main job on built-in data (a few minutes on 2 CPU cores)")
     sp.add_argument("--out", default="out/demo", help="folder for the figure and JSON (default: out/demo)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--quick", action="store_true", help="an even shorter run (for tests)")
+    sp.add_argument("--quick", action="store_true", help="an even shorter run (for tests; width 100, tau 300)")
+    sp.add_argument("--width", type=int, default=None, help="hidden width of the 3 hidden layers (default 300)")
+    sp.add_argument("--tau", type=int, default=None, help="EE switch step tau (default 1000; the paper: 2000)")
+    sp.add_argument("--exploit-steps", dest="exploit_steps", type=int, default=None,
+                    help="L-BFGS exploitation steps after the switch (default 40)")
+    sp.add_argument("--base-steps", dest="base_steps", type=int, default=None,
+                    help="gradient-descent steps of the base run (default 1200)")
     sp.set_defaults(func=_cmd_demo)
     for register in _extra_subcommands():
         register(sub)

@@ -1,0 +1,74 @@
+"""Shared plumbing of the experiment scripts: arguments, JSON with the environment, figures."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# make `python examples/<script>.py` work from a checkout without installing gconv
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+
+def parser(description: str, default_out: str, default_seeds=(0, 1, 2)) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=default_out, help=f"folder for the PNG and JSON (default {default_out})")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds),
+                   help=f"random seeds (default {' '.join(map(str, default_seeds))})")
+    p.add_argument("--quick", action="store_true", help="a much smaller, faster version (for tests)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: tiny tensors)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in <out>/<name>.json (same configuration) and do only the missing ones")
+    return p
+
+
+def previous_runs(args, name: str, cfg: dict) -> list:
+    """With ``--resume``: the runs of an earlier (possibly killed) invocation with the same configuration."""
+    import json
+
+    from gconv._utils import to_jsonable
+    path = os.path.join(args.out, f"{name}.json")
+    if not getattr(args, "resume", False) or not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        old = json.load(fh)
+    if old.get("config") != to_jsonable(cfg):
+        print(f"--resume: {path} has another configuration; starting afresh")
+        return []
+    print(f"--resume: keeping {len(old.get('runs', []))} finished run(s) from {path}")
+    return list(old.get("runs", []))
+
+
+def setup(args) -> None:
+    import torch
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+
+
+def write_json(args, name: str, record: dict) -> str:
+    """Write ``record`` (+ arguments and environment) to ``<out>/<name>.json`` as strict JSON."""
+    from gconv._utils import dumps, environment
+    record = {**record, "arguments": {k: v for k, v in vars(args).items()},
+              "environment": environment(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = os.path.join(args.out, f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(dumps(record, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def seed_colors(seeds):
+    return {s: f"C{i}" for i, s in enumerate(seeds)}

@@ -1,0 +1,105 @@
+"""Fast versions of issue 6's five experiments (``--quick``), asserting the papers' qualitative outcomes,
+and the main job (``gconv demo --quick``). The full runs and their numbers: docs/experiments.md."""
+import json
+
+
+
+
+def quick_args(tmp_path, *seeds):
+    return ["--quick", "--no-progress", "--out", str(tmp_path), "--seeds", *map(str, seeds or (0,))]
+
+
+def _json(tmp_path, name):
+    with open(tmp_path / f"{name}.json") as fh:
+        return json.load(fh)
+
+
+def test_sine_wave_gd_stuck_ee_lbfgs_zero(tmp_path, one_thread):
+    from examples import sine_wave
+    rec = sine_wave.main(quick_args(tmp_path, 0))
+    r = rec["runs"][0]
+    assert r["base_gd"]["final_error"] > 0.1, "plain GD unexpectedly fits the sine wave"
+    assert r["ee_exploration"]["error_at_tau"] > 0.1          # exploration alone is no better
+    assert r["ee_exploit_lbfgs"]["final_error"] == 0.0 and r["ee_exploit_lbfgs"]["final_loss"] < 1e-3
+    assert r["ee_exploit_lbfgs"]["feature_cache"]
+    assert {r["safe_exploration"][k]["verdict"] for k in ("init", "switch")} == {"VERIFIED"}
+    assert (tmp_path / "sine_wave.png").stat().st_size > 10_000
+    assert _json(tmp_path, "sine_wave")["summary"]["ee_lbfgs_final_error"] == [0.0]
+
+
+def test_two_moons_zero_error_with_q_zero_sine_not(tmp_path, one_thread):
+    from examples import two_moons
+    rec = two_moons.main(quick_args(tmp_path, 0))
+    moons = next(r for r in rec["runs"] if r["data"] == "two_moons")
+    sine = next(r for r in rec["runs"] if r["data"] == "sine")
+    assert moons["final_error"] == 0.0
+    assert moons["Q_T"] == 0 and moons["aligned"] == moons["evaluated"] >= 5
+    assert moons["certified_checks"] == moons["evaluated"]     # ALIGNED verdicts are proofs here
+    assert sine["final_error"] > 0.1 and sine["Q_T"] == sine["evaluated"]
+    assert (tmp_path / "two_moons.png").exists()
+
+
+def test_p3l_linear_rate_small_n_slower_large_n(tmp_path, one_thread):
+    from examples import p3l_linear_rate
+    rec = p3l_linear_rate.main(quick_args(tmp_path, 0))
+    by_n = {r["n"]: r for r in rec["runs"]}
+    small, large = by_n[20], by_n[80]
+    assert small["final_loss"] < 1e-3 * small["initial_loss"]
+    rs, rl = small["rate_log10_per_1000_steps"], large["rate_log10_per_1000_steps"]
+    assert -rs["second_half"] > 0.6 * -rs["second_quarter"] > 0         # after the transient: ~constant rate
+    assert -rs["second_half"] > 2 * -rl["second_half"]                   # larger n: slower
+    assert small["lambda_min_G"] > 0                                      # n ≤ d: Corollary 1 applies
+    assert (tmp_path / "p3l_linear_rate.png").exists()
+
+
+def test_digits_ee_comparable_and_safe_exploration_verified(tmp_path, one_thread):
+    from examples import digits_ee
+    rec = digits_ee.main(quick_args(tmp_path, 0))
+    r = rec["runs"][0]
+    assert r["base"]["test_error"] < 0.5 and r["ee"]["test_error"] < 0.5
+    assert abs(r["base"]["test_error"] - r["ee"]["test_error"]) < 0.15
+    assert {r["ee"]["safe_exploration"][k]["verdict"] for k in ("init", "switch")} == {"VERIFIED"}
+    assert r["ee"]["modification"]["kind"] == "merged_last_two"
+    assert (tmp_path / "digits_ee.png").exists()
+
+
+def test_two_phase_digits_expressivity_verified_no_violation(tmp_path, one_thread):
+    from examples import two_phase_digits
+    rec = two_phase_digits.main(quick_args(tmp_path, 0))
+    r = rec["runs"][0]
+    assert {r["expressivity"][k]["verdict"] for k in ("init", "switch")} == {"VERIFIED"}
+    assert r["violations"] == [] and len(r["rank_history"]) >= 2
+    assert r["reference_rank"] == r["rank_samples"] * 10                  # K(w^τ) has full rank n·m_y
+    assert r["train_error"] < r["curve"][0][1] - 0.2                      # it trains
+    assert (tmp_path / "two_phase_digits.png").exists()
+
+
+def test_demo_main_job_quick(tmp_path, capsys, one_thread):
+    from gconv.cli import main
+    rc = main(["demo", "--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for phrase in ("phase 1 exploration", "switch at t = 300", "phase 2 exploitation", "VERIFIED", "margin: σ_min(φ) ≥"):
+        assert phrase in out
+    rec = _json(tmp_path, "demo")
+    assert rec["ee"]["final_error"] == 0.0 and rec["base_gd"]["final_error"] > 0.1
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_demo_rejects_bad_arguments(tmp_path, capsys):
+    from gconv.cli import main
+    assert main(["demo", "--quick", "--tau", "0", "--out", str(tmp_path)]) == 2
+    assert "--tau must be >= 1" in capsys.readouterr().err
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_configs(tmp_path, one_thread, capsys):
+    from examples import p3l_linear_rate
+    first = p3l_linear_rate.main(quick_args(tmp_path, 0))
+    again = p3l_linear_rate.main(quick_args(tmp_path, 0) + ["--resume"])
+    assert "keeping 2 finished run(s)" in capsys.readouterr().out
+    assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in first["runs"]]   # not recomputed
+    rec = _json(tmp_path, "p3l_linear_rate")
+    rec["config"]["m"] = 7                                   # another configuration: start afresh
+    (tmp_path / "p3l_linear_rate.json").write_text(json.dumps(rec))
+    p3l_linear_rate.main(quick_args(tmp_path, 0) + ["--resume"])
+    assert "another configuration; starting afresh" in capsys.readouterr().out
