@@ -27,32 +27,28 @@ QUICK = {"width": 100, "tau": 300, "exploit_steps": 30, "base_steps": 600, "epsi
 
 
 # --- the safe-exploration check (seed 000, Assumption 4) ---------------------------------------------
-def ee_head_factors(model: nn.Module, head: nn.Module, X: torch.Tensor, *, q: torch.Tensor | str = "gate",
-                    output: int = 0, seed: int = 0, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Khatri–Rao factors (S, Z̃) of φ(q, θ) for an :class:`gconv.nn.EEHead` inside ``model``, in float64.
-
-    Z̃ = [z̄(x_i), 1] ∈ R^{n×m_{H−1}} is the head's input plus the constant neuron (captured by a
-    forward hook, model in eval mode) and S = σ̃(ζ′·Z̃ qᵀ) ∈ R^{n×m_H}. ``q``: ``"gate"`` (the head's
-    frozen gate R^{(output)} — or its current weight before the switch), ``"random"`` (q ~ N(0, 1) from
-    ``torch.Generator(seed)``, as the paper draws it) or an (m_H, m_{H−1}) tensor.
-    """
-    from gconv.data.source import as_data_source
+def _gate_matrix(head: nn.Module, q, output: int, seed: int) -> torch.Tensor:
+    """Q ∈ R^{m_H×m_{H−1}} of S = σ̃(ζ′·Z̃ Qᵀ): the head's gate, a seeded N(0, 1) draw, or a given tensor."""
     W = head.gate_weight if getattr(head, "gate_weight", None) is not None else head.weight
     m_H, m1 = int(W.shape[1]), int(W.shape[2])
     if not 0 <= output < W.shape[0]:
         raise ValueError(f"safe_exploration_check: output {output} out of range (the head has {W.shape[0]} outputs)")
     if isinstance(q, str):
         if q == "gate":
-            Q = W[output].detach().double().cpu()
-        elif q == "random":
-            Q = torch.randn(m_H, m1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        else:
-            raise ValueError(f"safe_exploration_check: q must be 'gate', 'random' or a tensor, got {q!r}")
-    else:
-        Q = torch.as_tensor(q, dtype=torch.float64)
-        if tuple(Q.shape) != (m_H, m1):
-            raise ValueError(f"safe_exploration_check: q must have shape (m_H, m_(H-1)) = ({m_H}, {m1}), "
-                             f"got {tuple(Q.shape)}")
+            return W[output].detach().double().cpu()
+        if q == "random":
+            return torch.randn(m_H, m1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        raise ValueError(f"safe_exploration_check: q must be 'gate', 'random' or a tensor, got {q!r}")
+    Q = torch.as_tensor(q, dtype=torch.float64)
+    if tuple(Q.shape) != (m_H, m1):
+        raise ValueError(f"safe_exploration_check: q must have shape (m_H, m_(H-1)) = ({m_H}, {m1}), "
+                         f"got {tuple(Q.shape)}")
+    return Q
+
+
+def ee_head_inputs(model: nn.Module, head: nn.Module, X, batch_size: int = 1024) -> torch.Tensor:
+    """z̄(x_i), the input of ``head`` inside ``model`` (a forward hook, model in eval mode), in float64."""
+    from gconv.data.source import as_data_source
     src = as_data_source(X)
     store = []
     h = head.register_forward_hook(lambda mod, args, out: store.append(args[0].detach()))
@@ -66,9 +62,22 @@ def ee_head_factors(model: nn.Module, head: nn.Module, X: torch.Tensor, *, q: to
     finally:
         h.remove()
         model.train(was)
-    z = torch.cat(store).double().cpu()
-    if z.shape[1] + 1 != m1:
-        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {m1 - 1}")
+    return torch.cat(store).double().cpu()
+
+
+def ee_head_factors(model: nn.Module, head: nn.Module, X: torch.Tensor, *, q: torch.Tensor | str = "gate",
+                    output: int = 0, seed: int = 0, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Khatri–Rao factors (S, Z̃) of φ(q, θ) for an :class:`gconv.nn.EEHead` inside ``model``, in float64.
+
+    Z̃ = [z̄(x_i), 1] ∈ R^{n×m_{H−1}} is the head's input plus the constant neuron (captured by a
+    forward hook, model in eval mode) and S = σ̃(ζ′·Z̃ qᵀ) ∈ R^{n×m_H}. ``q``: ``"gate"`` (the head's
+    frozen gate R^{(output)} — or its current weight before the switch), ``"random"`` (q ~ N(0, 1) from
+    ``torch.Generator(seed)``, as the paper draws it) or an (m_H, m_{H−1}) tensor.
+    """
+    Q = _gate_matrix(head, q, output, seed)
+    z = ee_head_inputs(model, head, X, batch_size)
+    if z.shape[1] + 1 != Q.shape[1]:
+        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {Q.shape[1] - 1}")
     Z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=torch.float64)], 1)
     S = torch.sigmoid(head.gate_zeta * (Z @ Q.t()))
     return S, Z
@@ -78,13 +87,13 @@ def safe_exploration_check(model: nn.Module, X, *, head: nn.Module | None = None
                            output: int = 0, seed: int = 0, memory_budget=None, progress: bool = False) -> dict:
     """Seed 000, Assumption 4: certify rank φ(q, θ) = n for φ = S ⊙ Z̃ (row i = s_i ⊗ z̃_i) on the data ``X``.
 
-    Builds :class:`gconv.linalg.KhatriRao` from :func:`ee_head_factors` and calls
-    :func:`gconv.linalg.certify_full_row_rank` (a floating-point proof; docs/certification.md).
-    Returns a JSON-ready dict: ``verdict`` ("VERIFIED" / "NOT VERIFIED" (proved deficient) /
-    "INCONCLUSIVE"), ``n``, ``m_H``, ``m_H_minus_1``, ``sigma_min_lower`` (the certified margin),
-    ``sigma_max_upper``, their ratio, the certificate summary and seconds.
+    The head's input z̄ and its gate (``q``, see :func:`ee_head_factors`) go to
+    :func:`gconv.verify.safe_exploration` (Khatri–Rao certificate, docs/certification.md). Returns a
+    JSON-ready dict: ``verdict`` ("VERIFIED" / "NOT VERIFIED" (proved deficient) / "INCONCLUSIVE"),
+    ``n``, ``m_H``, ``m_H_minus_1``, ``sigma_min_lower`` (the certified margin), ``sigma_max_upper``,
+    their ratio, the report's message and seconds; ``report`` is the full VerificationReport as a dict.
     """
-    from gconv.linalg import KhatriRao, certify_full_row_rank
+    import gconv.verify as V
     from gconv.nn import EEHead
     if head is None:
         heads = [m for m in model.modules() if isinstance(m, EEHead)]
@@ -92,19 +101,24 @@ def safe_exploration_check(model: nn.Module, X, *, head: nn.Module | None = None
             raise ValueError(f"safe_exploration_check: the model must contain exactly one EEHead, found {len(heads)}")
         head = heads[0]
     t0 = time.perf_counter()
-    S, Z = ee_head_factors(model, head, X, q=q, output=output, seed=seed)
-    n = S.shape[0]
-    cert = certify_full_row_rank(KhatriRao(S, Z), memory_budget=memory_budget, progress=progress)
-    verdict = ("VERIFIED" if cert.certified_full_rank else
-               "NOT VERIFIED" if cert.certified_rank_deficient else "INCONCLUSIVE")
-    lo, hi = cert.sigma_min_lower, cert.sigma_max_upper
+    Q = _gate_matrix(head, q, output, seed)
+    z = ee_head_inputs(model, head, X)
+    if z.shape[1] + 1 != Q.shape[1]:
+        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {Q.shape[1] - 1}")
+    rep = V.safe_exploration(z, q=(head.gate_zeta * Q).t().contiguous(), memory_budget=memory_budget,
+                             progress=progress)
+    cert = rep.certificate or {}
+    lo, hi = cert.get("sigma_min_lower"), cert.get("sigma_max_upper")
+    verdict = {"VERIFIED": "VERIFIED", "NOT_VERIFIED": "NOT VERIFIED"}.get(str(getattr(rep.verdict, "value", rep.verdict)),
+                                                                         "INCONCLUSIVE")
+    m_H, m1 = int(Q.shape[0]), int(Q.shape[1])
     return {"condition": "safe exploration (seed 000, Assumption 4): rank phi(q, theta) = n",
-            "verdict": verdict, "status": str(cert.status.value), "n": n, "m_H": S.shape[1],
-            "m_H_minus_1": Z.shape[1], "D": S.shape[1] * Z.shape[1], "q": q if isinstance(q, str) else "given",
+            "verdict": verdict, "status": cert.get("status"), "n": int(z.shape[0]), "m_H": m_H,
+            "m_H_minus_1": m1, "D": m_H * m1, "q": q if isinstance(q, str) else "given",
             "sigma_min_lower": lo, "sigma_max_upper": hi,
             "relative_margin": (lo / hi) if (lo and hi) else None,
-            "sigma_min_lower_whitened": cert.details.get("sigma_min_lower_scaled"),
-            "summary": cert.summary(), "seconds": time.perf_counter() - t0}
+            "sigma_min_lower_whitened": (cert.get("details") or {}).get("sigma_min_lower_scaled"),
+            "summary": rep.message, "seconds": time.perf_counter() - t0, "report": rep.to_dict()}
 
 
 # --- the sine-wave runs ----------------------------------------------------------------------------
