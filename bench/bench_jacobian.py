@@ -144,37 +144,6 @@ def tf_ntk_vp(model, params, x1, x2):
     return vmap(vmap(block, (None, 0)), (0, None))(x1, x2)
 
 
-# ------------------------------------------------------------------ the torch.func tutorial's methods
-def _single(model):
-    buffers = dict(model.named_buffers())
-
-    def f(params, x):
-        return functional_call(model, (params, buffers), (x.unsqueeze(0),)).squeeze(0)
-    return f
-
-
-def tf_ntk_contraction(model, params, x1, x2):
-    f = _single(model)
-    j1 = vmap(jacrev(f), (None, 0))(params, x1)
-    j1 = [j.flatten(2) for j in j1.values()]
-    j2 = vmap(jacrev(f), (None, 0))(params, x2)
-    j2 = [j.flatten(2) for j in j2.values()]
-    return sum(torch.einsum("Naf,Mbf->NMab", a, b) for a, b in zip(j1, j2))
-
-
-def tf_ntk_vp(model, params, x1, x2):
-    f = _single(model)
-
-    def block(a, b):
-        out, vjp_fn = vjp(lambda p: f(p, a), params)
-
-        def col(vec):
-            return jvp(lambda p: f(p, b), (params,), vjp_fn(vec))[1]
-        basis = torch.eye(out.numel(), dtype=out.dtype).view(out.numel(), -1)
-        return vmap(col)(basis)
-    return vmap(vmap(block, (None, 0)), (0, None))(x1, x2)
-
-
 def digits_28(n=1000):
     """Real handwritten digits (scikit-learn's bundled 8×8 set, no download) upsampled to 28×28."""
     from sklearn.datasets import load_digits
