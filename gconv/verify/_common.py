@@ -68,6 +68,17 @@ def remaining_budget(memory_budget, *used_tensors) -> int | None:
     return max(b - used, 1)
 
 
+def model_on(model: nn.Module, device) -> nn.Module:
+    """``model`` itself, or a copy on ``device`` when its parameters live elsewhere (the user's model is untouched)."""
+    if device is None:
+        return model
+    p0 = next(iter(model.parameters()), None)
+    if p0 is not None and p0.device != torch.device(device):
+        import copy
+        return copy.deepcopy(model).to(device)
+    return model
+
+
 def progress_default(progress):
     return sys.stderr.isatty() if progress is None else bool(progress)
 

@@ -16,14 +16,13 @@ Verdict mapping:
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
 from gconv._utils import environment, to_jsonable
 from gconv.jacobian import alignment as _alignment
-from gconv.verify._common import data_summary, progress_default
+from gconv.verify._common import data_summary, model_on, progress_default
 from gconv.verify.features import model_summary
 from gconv.verify.report import VerificationReport, Verdict
 
@@ -47,10 +46,7 @@ def alignment(model, data, loss="cross_entropy", *, params=None, method: str = "
     t0 = time.perf_counter()
     progress = progress_default(progress)
     inputs = data_summary(data)
-    if device is not None:
-        p0 = next(iter(model.parameters()), None)
-        if p0 is not None and p0.device != torch.device(device):
-            model = copy.deepcopy(model).to(device)
+    model = model_on(model, device)
     res = _alignment(model, data, loss, params=params, method=method, tol=tol, memory_budget=memory_budget,
                      progress=progress, **alignment_options)
     if res.verdict == "ALIGNED":

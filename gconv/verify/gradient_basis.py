@@ -12,14 +12,13 @@ ball of radius R, reported) → ``VERIFIED``; GAP_POSITIVE (an exhibited α̂ be
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
 from gconv._utils import environment, to_jsonable
 from gconv.jacobian import gradient_basis_gap as _gap
-from gconv.verify._common import data_summary, progress_default
+from gconv.verify._common import data_summary, model_on, progress_default
 from gconv.verify.features import model_summary
 from gconv.verify.report import VerificationReport, Verdict
 
@@ -43,10 +42,7 @@ def gradient_basis_gap(model, data, loss="squared", *, params=None, tol: float |
     t0 = time.perf_counter()
     progress = progress_default(progress)
     inputs = data_summary(data)
-    if device is not None:
-        p0 = next(iter(model.parameters()), None)
-        if p0 is not None and p0.device != torch.device(device):
-            model = copy.deepcopy(model).to(device)
+    model = model_on(model, device)
     res = _gap(model, data, loss, params=params, tol=tol, memory_budget=memory_budget, progress=progress,
                **gap_options)
     verdict = _MAP.get(res.verdict, Verdict.INCONCLUSIVE)
