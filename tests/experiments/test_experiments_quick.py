@@ -27,6 +27,30 @@ def test_sine_wave_gd_stuck_ee_lbfgs_zero(tmp_path, one_thread):
     assert _json(tmp_path, "sine_wave")["summary"]["ee_lbfgs_final_error"] == [0.0]
 
 
+def test_sine_wave_exploit_gd_function_space_matches_torch(tmp_path, one_thread):
+    from examples import sine_wave_exploit_gd
+    rec = sine_wave_exploit_gd.main(quick_args(tmp_path, 0))
+    r = rec["runs"][0]
+    # exploitation is linear in θ_(H−1): GD in function space with K = φφᵀ is the wrapper's GD
+    assert r["check"]["relative_difference"] < 1e-4, r["check"]
+    assert r["K_eigenvalues"]["max"] > 0 and r["largest_stable_lr"] > 0
+    at = r["gd"]["at"]
+    assert at[min(at, key=int)]["loss"] > at[max(at, key=int)]["loss"]        # GD does make progress
+    assert _json(tmp_path, "sine_wave_exploit_gd")["config"]["tau"] == 300
+
+
+def test_function_space_gd_on_a_separable_problem():
+    import numpy as np
+    from examples.sine_wave_exploit_gd import function_space_gd
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    K = np.eye(4)                                               # well conditioned: a few steps
+    out = function_space_gd(K, np.zeros(4), y, lr=1.0, max_steps=1000)
+    assert out["first_step_at_zero_error"] == 1
+    K = np.diag([1.0, 1.0, 1.0, 1e-6])                           # one tiny eigenvalue: ~1e6× slower on its direction
+    out = function_space_gd(K, np.array([0.1, 1.0, 1.0, 0.1]), y, lr=1.0, max_steps=1000)
+    assert out["first_step_at_zero_error"] is None and out["at"]["1000"]["error"] == 0.25
+
+
 def test_two_moons_zero_error_with_q_zero_sine_not(tmp_path, one_thread):
     from examples import two_moons
     rec = two_moons.main(quick_args(tmp_path, 0))
