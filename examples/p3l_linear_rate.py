@@ -77,7 +77,8 @@ def run(n: int, seed: int, cfg: dict, activation: str = "tanh") -> dict:
     end = next((s for s, v in curve if v <= FLOOR), T)       # the windows end where the loss hit the floor
     rates = {"first_quarter": slope(curve, 0, end // 4), "second_quarter": slope(curve, end // 4, end // 2),
              "second_half": slope(curve, end // 2, end)}
-    return {"activation": activation, "n": n, "seed": seed, "lambda_min_G": lam, "initial_loss": curve[0][1], "final_loss": curve[-1][1],
+    return {"activation": activation, "n": n, "seed": seed, "lambda_min_G": lam,
+            "initial_loss": curve[0][1], "final_loss": curve[-1][1],
             "log10_decrease": math.log10(curve[0][1] / max(curve[-1][1], 1e-300)),
             "rate_log10_per_1000_steps": rates, "rate_window_end": end, "curve": curve, "seconds": time.perf_counter() - t0}
 
