@@ -6,7 +6,8 @@ loss, full-batch gradient descent lr 0.1. Per seed:
 
 * base: GD for τ + E_GD steps (4,000);
 * EE wrapper, ε = 0.01, τ = 2,000, exploration by GD, then exploitation of θ_(H−1) by
-  - G̃ = G (GD at the same rate, E_GD = 2,000 steps — the paper's stated setting), and
+  - G̃ = G (GD at the same rate; G̃ = G is the paper's setting, E_GD = 2,000 steps is ours — the
+    paper does not state it; examples/sine_wave_exploit_gd.py measures how many it would take), and
   - G̃ = L-BFGS (strong Wolfe, 40 outer steps) from the *same* switched state (a checkpoint taken at τ);
 * the safe-exploration condition certified at initialisation (q ~ N(0, 1)) and at the switch (q = R).
 

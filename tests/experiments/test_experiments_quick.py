@@ -27,6 +27,30 @@ def test_sine_wave_gd_stuck_ee_lbfgs_zero(tmp_path, one_thread):
     assert _json(tmp_path, "sine_wave")["summary"]["ee_lbfgs_final_error"] == [0.0]
 
 
+def test_sine_wave_exploit_gd_function_space_matches_torch(tmp_path, one_thread):
+    from examples import sine_wave_exploit_gd
+    rec = sine_wave_exploit_gd.main(quick_args(tmp_path, 0))
+    r = rec["runs"][0]
+    # exploitation is linear in θ_(H−1): GD in function space with K = φφᵀ is the wrapper's GD
+    assert r["check"]["relative_difference"] < 1e-4, r["check"]
+    assert r["K_eigenvalues"]["max"] > 0 and r["largest_stable_lr"] > 0
+    at = r["gd"]["at"]
+    assert at[min(at, key=int)]["loss"] > at[max(at, key=int)]["loss"]        # GD does make progress
+    assert _json(tmp_path, "sine_wave_exploit_gd")["config"]["tau"] == 300
+
+
+def test_function_space_gd_on_a_separable_problem():
+    import numpy as np
+    from examples.sine_wave_exploit_gd import function_space_gd
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    K = np.eye(4)                                               # well conditioned: a few steps
+    out = function_space_gd(K, np.zeros(4), y, lr=1.0, max_steps=1000)
+    assert out["first_step_at_zero_error"] == 1
+    K = np.diag([1.0, 1.0, 1.0, 1e-6])                           # one tiny eigenvalue: ~1e6× slower on its direction
+    out = function_space_gd(K, np.array([0.1, 1.0, 1.0, 0.1]), y, lr=1.0, max_steps=1000)
+    assert out["first_step_at_zero_error"] is None and out["at"]["1000"]["error"] == 0.25
+
+
 def test_two_moons_zero_error_with_q_zero_sine_not(tmp_path, one_thread):
     from examples import two_moons
     rec = two_moons.main(quick_args(tmp_path, 0))
@@ -42,13 +66,19 @@ def test_two_moons_zero_error_with_q_zero_sine_not(tmp_path, one_thread):
 def test_p3l_linear_rate_small_n_slower_large_n(tmp_path, one_thread):
     from examples import p3l_linear_rate
     rec = p3l_linear_rate.main(quick_args(tmp_path, 0))
-    by_n = {r["n"]: r for r in rec["runs"]}
-    small, large = by_n[20], by_n[80]
-    assert small["final_loss"] < 1e-3 * small["initial_loss"]
-    rs, rl = small["rate_log10_per_1000_steps"], large["rate_log10_per_1000_steps"]
-    assert -rs["second_half"] > 0.6 * -rs["second_quarter"] > 0         # after the transient: ~constant rate
-    assert -rs["second_half"] > 2 * -rl["second_half"]                   # larger n: slower
-    assert small["lambda_min_G"] > 0                                      # n ≤ d: Corollary 1 applies
+    run = {(r["activation"], r["n"]): r for r in rec["runs"]}
+    assert set(run) == {(a, n) for a in ("tanh", "relu") for n in (20, 40, 80)}
+    ratio = {k: r["rate_log10_per_1000_steps"]["second_half"] / r["rate_log10_per_1000_steps"]["second_quarter"]
+             for k, r in run.items()}
+    rate = {k: -r["rate_log10_per_1000_steps"]["second_half"] for k, r in run.items()}
+    for act in ("tanh", "relu"):
+        small = run[act, 20]
+        assert small["final_loss"] < 1e-6 * small["initial_loss"]
+        assert ratio[act, 20] > 0.8 and rate[act, 20] > 0                   # n = d: a constant (linear) rate
+        assert rate[act, 20] > 2 * rate[act, 80]                            # larger n: slower
+        assert small["lambda_min_G"] > 0 and run[act, 40]["lambda_min_G"] < 1e-10   # Corollary 1 needs n ≤ d
+    # n = 40 > d (docs/experiments.md §4): linear under ReLU, the rate keeps falling under tanh
+    assert ratio["relu", 40] > 0.8 and ratio["tanh", 40] < 0.6
     assert (tmp_path / "p3l_linear_rate.png").exists()
 
 
@@ -92,8 +122,9 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert "--tau must be >= 1" in capsys.readouterr().err
 
 
-def test_resume_keeps_finished_runs_and_refuses_other_configs(tmp_path, one_thread, capsys):
+def test_resume_keeps_finished_runs_and_refuses_other_configs(tmp_path, one_thread, capsys, monkeypatch):
     from examples import p3l_linear_rate
+    monkeypatch.setattr(p3l_linear_rate, "QUICK", {**p3l_linear_rate.QUICK, "ns": [20], "steps": 200, "m": 50})
     first = p3l_linear_rate.main(quick_args(tmp_path, 0))
     again = p3l_linear_rate.main(quick_args(tmp_path, 0) + ["--resume"])
     assert "keeping 2 finished run(s)" in capsys.readouterr().out
