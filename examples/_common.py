@@ -63,6 +63,39 @@ def write_json(args, name: str, record: dict) -> str:
     return path
 
 
+def run_experiment(args, name: str, cfg: dict, experiment: str, jobs, run_one, describe, *, summary=None,
+                   figure=None) -> dict:
+    """The loop every experiment script shares: run each job not already finished (``--resume``), print a
+    line per run, rewrite ``<out>/<name>.json`` after every run (a killed run keeps what it has), then the
+    final JSON and ``<out>/<name>.png``.
+
+    ``jobs``: dicts of the keys that identify a run in its record (e.g. ``{"seed": 0}``); ``run_one(job)``
+    → the run's record (holding those keys); ``describe(record)`` → the line to print; ``summary(runs)``
+    → the record's "summary"; ``figure(png_path, runs)`` draws the figure (None: no figure).
+    """
+    runs, t0 = previous_runs(args, name, cfg), time.perf_counter()
+
+    def record():
+        rec = {"experiment": experiment, "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
+        if summary is not None:
+            rec["summary"] = summary(runs)
+        return rec
+
+    for job in jobs:
+        if any(all(x.get(k) == v for k, v in job.items()) for x in runs):
+            continue
+        runs.append(run_one(job))
+        print(describe(runs[-1]), flush=True)
+        write_json(args, name, record())
+    rec = record()
+    write_json(args, name, rec)
+    if figure is not None:
+        png = os.path.join(args.out, f"{name}.png")
+        figure(png, runs)
+        print(f"wrote {png} and {os.path.join(args.out, name)}.json ({rec['seconds']:.0f} s)")
+    return rec
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")

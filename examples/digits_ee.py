@@ -134,39 +134,33 @@ def main(argv=None) -> dict:
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
     train, test = _split(cfg)
-    runs, t0 = C.previous_runs(args, "digits_ee", cfg), time.perf_counter()
 
-    def _record():
+    def run_one(job):
+        a = time.perf_counter()
+        base = run_base(job["seed"], cfg, train, test)
+        ee = run_ee(job["seed"], cfg, train, test, args.progress)
+        return {"seed": job["seed"], "base": base, "ee": ee, "seconds": time.perf_counter() - a}
+
+    def describe(r):
+        base, ee, se = r["base"], r["ee"], r["ee"]["safe_exploration"]
+        return (f"seed {r['seed']}: test error base {100 * base['test_error']:.1f} %, EE {100 * ee['test_error']:.1f} % "
+                f"(train {100 * base['train_error']:.1f} % / {100 * ee['train_error']:.1f} %); safe exploration "
+                f"{se['init']['verdict']} (σ_min/σ_max ≥ {se['init']['relative_margin'] or 0:.1e}) / "
+                f"{se['switch']['verdict']} [{r['seconds']:.0f} s]")
+
+    def summary(runs):
         import numpy as np
         b = [r["base"]["test_error"] for r in runs]
         e = [r["ee"]["test_error"] for r in runs]
-        record = {"experiment": "3: digits, LeNet, base vs EE test error + safe exploration (seed 000 §3.4)",
-                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0,
-                  "summary": {"base_test_error_mean": float(np.mean(b)), "base_test_error_std": float(np.std(b)),
-                              "ee_test_error_mean": float(np.mean(e)), "ee_test_error_std": float(np.std(e)),
-                              "safe_exploration_verified": all(r["ee"]["safe_exploration"][k]["verdict"] == "VERIFIED"
-                                                               for r in runs for k in ("init", "switch"))}}
-        return record
+        return {"base_test_error_mean": float(np.mean(b)), "base_test_error_std": float(np.std(b)),
+                "ee_test_error_mean": float(np.mean(e)), "ee_test_error_std": float(np.std(e)),
+                "safe_exploration_verified": all(r["ee"]["safe_exploration"][k]["verdict"] == "VERIFIED"
+                                                 for r in runs for k in ("init", "switch"))}
 
-    for seed in args.seeds:
-        if any(x["seed"] == seed for x in runs):
-            continue
-        a = time.perf_counter()
-        base = run_base(seed, cfg, train, test)
-        ee = run_ee(seed, cfg, train, test, args.progress)
-        runs.append({"seed": seed, "base": base, "ee": ee, "seconds": time.perf_counter() - a})
-        se = ee["safe_exploration"]
-        print(f"seed {seed}: test error base {100 * base['test_error']:.1f} %, EE {100 * ee['test_error']:.1f} % "
-              f"(train {100 * base['train_error']:.1f} % / {100 * ee['train_error']:.1f} %); safe exploration "
-              f"{se['init']['verdict']} (σ_min/σ_max ≥ {se['init']['relative_margin'] or 0:.1e}) / {se['switch']['verdict']} "
-              f"[{runs[-1]['seconds']:.0f} s]", flush=True)
-        C.write_json(args, "digits_ee", _record())   # after every run: a killed run keeps what it has
-    record = _record()
-    C.write_json(args, "digits_ee", record)
-    png = f"{args.out}/digits_ee.png"
-    figure(png, runs, cfg)
-    print(f"wrote {png} and {args.out}/digits_ee.json ({record['seconds']:.0f} s)")
-    return record
+    return C.run_experiment(args, "digits_ee", cfg,
+                            "3: digits, LeNet, base vs EE test error + safe exploration (seed 000 §3.4)",
+                            [{"seed": s} for s in args.seeds], run_one, describe, summary=summary,
+                            figure=lambda png, runs: figure(png, runs, cfg))
 
 
 if __name__ == "__main__":

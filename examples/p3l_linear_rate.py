@@ -123,29 +123,20 @@ def main(argv=None) -> dict:
     args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
-    runs, t0 = C.previous_runs(args, "p3l_linear_rate", cfg), time.perf_counter()
 
-    def _record():
-        record = {"experiment": "4: shallow mean-field net (eq. 1) on random data (seed 004, Experiment 1)",
-                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
-        return record
-
-    for act, seed, n in itertools.product(cfg["activations"], args.seeds, cfg["ns"]):
-        if any(x["seed"] == seed and x["n"] == n and x.get("activation") == act for x in runs):
-            continue
-        r = run(n, seed, cfg, act)
-        runs.append(r)
+    def describe(r):
         rt = r["rate_log10_per_1000_steps"]
-        print(f"σ = {act}, n = {n:4d} seed {seed}: loss {r['initial_loss']:.2e} -> {r['final_loss']:.2e}; rate "
-              f"(−log10 L per 1000 steps) {-rt['first_quarter']:.2f} / {-rt['second_quarter']:.2f} / "
-              f"{-rt['second_half']:.2f}; λ_min(G) = {r['lambda_min_G']:.2e} [{r['seconds']:.0f} s]", flush=True)
-        C.write_json(args, "p3l_linear_rate", _record())   # after every run: a killed run keeps what it has
-    record = _record()
-    C.write_json(args, "p3l_linear_rate", record)
-    png = f"{args.out}/p3l_linear_rate.png"
-    figure(png, runs, cfg, args.seeds)
-    print(f"wrote {png} and {args.out}/p3l_linear_rate.json ({record['seconds']:.0f} s)")
-    return record
+        return (f"σ = {r['activation']}, n = {r['n']:4d} seed {r['seed']}: loss {r['initial_loss']:.2e} -> "
+                f"{r['final_loss']:.2e}; rate (−log10 L per 1000 steps) {-rt['first_quarter']:.2f} / "
+                f"{-rt['second_quarter']:.2f} / {-rt['second_half']:.2f}; λ_min(G) = {r['lambda_min_G']:.2e} "
+                f"[{r['seconds']:.0f} s]")
+
+    jobs = [{"activation": act, "seed": seed, "n": n}
+            for act, seed, n in itertools.product(cfg["activations"], args.seeds, cfg["ns"])]
+    return C.run_experiment(args, "p3l_linear_rate", cfg,
+                            "4: shallow mean-field net (eq. 1) on random data (seed 004, Experiment 1)", jobs,
+                            lambda job: run(job["n"], job["seed"], cfg, job["activation"]), describe,
+                            figure=lambda png, runs: figure(png, runs, cfg, args.seeds))
 
 
 if __name__ == "__main__":

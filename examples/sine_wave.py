@@ -128,37 +128,24 @@ def main(argv=None) -> dict:
     args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
-    runs = C.previous_runs(args, "sine_wave", cfg)
-    t0 = time.perf_counter()
 
-    def _record():
-        record = {"experiment": "1: sine wave (seed 000 §2.2, §3.4.1, Figure 2)", "config": cfg, "runs": runs,
-                  "summary": {
-                      "base_gd_final_error": [x["base_gd"]["final_error"] for x in runs],
-                      "ee_gd_final_error": [x["ee_exploit_gd"]["final_error"] for x in runs],
-                      "ee_lbfgs_final_error": [x["ee_exploit_lbfgs"]["final_error"] for x in runs],
-                      "safe_exploration_verified": all(x["safe_exploration"][k]["verdict"] == "VERIFIED"
-                                                       for x in runs for k in ("init", "switch"))},
-                  "seconds": time.perf_counter() - t0}
-        return record
+    def describe(r):
+        return (f"seed {r['seed']}: base GD {100 * r['base_gd']['final_error']:.0f} %  |  EE at τ "
+                f"{100 * r['ee_exploration']['error_at_tau']:.0f} %, G̃ = GD {100 * r['ee_exploit_gd']['final_error']:.0f} % "
+                f"(loss {r['ee_exploit_gd']['final_loss']:.3g}), G̃ = L-BFGS {100 * r['ee_exploit_lbfgs']['final_error']:.0f} % "
+                f"(loss {r['ee_exploit_lbfgs']['final_loss']:.2e})  |  safe exploration "
+                f"{r['safe_exploration']['init']['verdict']} / {r['safe_exploration']['switch']['verdict']}")
 
-    for seed in args.seeds:
-        if any(x["seed"] == seed for x in runs):
-            continue
-        r = run_seed(seed, cfg, args.progress)
-        runs.append(r)
-        print(f"seed {seed}: base GD {100 * r['base_gd']['final_error']:.0f} %  |  EE at τ "
-              f"{100 * r['ee_exploration']['error_at_tau']:.0f} %, G̃ = GD {100 * r['ee_exploit_gd']['final_error']:.0f} % "
-              f"(loss {r['ee_exploit_gd']['final_loss']:.3g}), G̃ = L-BFGS {100 * r['ee_exploit_lbfgs']['final_error']:.0f} % "
-              f"(loss {r['ee_exploit_lbfgs']['final_loss']:.2e})  |  safe exploration "
-              f"{r['safe_exploration']['init']['verdict']} / {r['safe_exploration']['switch']['verdict']}", flush=True)
-        C.write_json(args, "sine_wave", _record())   # after every run: a killed run keeps what it has
-    record = _record()
-    C.write_json(args, "sine_wave", record)
-    png = f"{args.out}/sine_wave.png"
-    figure(png, runs, cfg)
-    print(f"wrote {png} and {args.out}/sine_wave.json ({record['seconds']:.0f} s)")
-    return record
+    def summary(runs):
+        return {"base_gd_final_error": [x["base_gd"]["final_error"] for x in runs],
+                "ee_gd_final_error": [x["ee_exploit_gd"]["final_error"] for x in runs],
+                "ee_lbfgs_final_error": [x["ee_exploit_lbfgs"]["final_error"] for x in runs],
+                "safe_exploration_verified": all(x["safe_exploration"][k]["verdict"] == "VERIFIED"
+                                                 for x in runs for k in ("init", "switch"))}
+
+    return C.run_experiment(args, "sine_wave", cfg, "1: sine wave (seed 000 §2.2, §3.4.1, Figure 2)",
+                            [{"seed": s} for s in args.seeds], lambda job: run_seed(job["seed"], cfg, args.progress),
+                            describe, summary=summary, figure=lambda png, runs: figure(png, runs, cfg))
 
 
 if __name__ == "__main__":

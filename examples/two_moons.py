@@ -95,33 +95,23 @@ def main(argv=None) -> dict:
     args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
     C.setup(args)
     cfg = dict(QUICK if args.quick else FULL)
-    runs, t0 = C.previous_runs(args, "two_moons", cfg), time.perf_counter()
 
-    def _record():
-        record = {"experiment": "2: two moons vs sine wave, training error and Q_T (seed 000 Figure 1a)",
-                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0,
-                  "summary": {nm: {"final_error": [x["final_error"] for x in runs if x["data"] == nm],
-                                   "Q_T": [x["Q_T"] for x in runs if x["data"] == nm],
-                                   "evaluated": [x["evaluated"] for x in runs if x["data"] == nm]}
-                              for nm in ("two_moons", "sine")}}
-        return record
+    def describe(r):
+        return (f"{r['data']:9s} seed {r['seed']}: training error {100 * r['final_error']:.1f} %, Q_T = {r['Q_T']} of "
+                f"{r['evaluated']} checks (aligned {r['aligned']}, not aligned {r['not_aligned']}, inconclusive "
+                f"{r['inconclusive']}; certified {r['certified_checks']}) [{r['seconds']:.0f} s]")
 
-    for seed in args.seeds:
-        for name in ("two_moons", "sine"):
-            if any(x["seed"] == seed and x["data"] == name for x in runs):
-                continue
-            r = run(name, seed, cfg)
-            runs.append(r)
-            print(f"{name:9s} seed {seed}: training error {100 * r['final_error']:.1f} %, Q_T = {r['Q_T']} of "
-                  f"{r['evaluated']} checks (aligned {r['aligned']}, not aligned {r['not_aligned']}, inconclusive "
-                  f"{r['inconclusive']}; certified {r['certified_checks']}) [{r['seconds']:.0f} s]", flush=True)
-            C.write_json(args, "two_moons", _record())   # after every run: a killed run keeps what it has
-    record = _record()
-    C.write_json(args, "two_moons", record)
-    png = f"{args.out}/two_moons.png"
-    figure(png, runs, cfg, args.seeds)
-    print(f"wrote {png} and {args.out}/two_moons.json ({record['seconds']:.0f} s)")
-    return record
+    def summary(runs):
+        return {nm: {"final_error": [x["final_error"] for x in runs if x["data"] == nm],
+                     "Q_T": [x["Q_T"] for x in runs if x["data"] == nm],
+                     "evaluated": [x["evaluated"] for x in runs if x["data"] == nm]}
+                for nm in ("two_moons", "sine")}
+
+    jobs = [{"seed": s, "data": nm} for s in args.seeds for nm in ("two_moons", "sine")]
+    return C.run_experiment(args, "two_moons", cfg,
+                            "2: two moons vs sine wave, training error and Q_T (seed 000 Figure 1a)", jobs,
+                            lambda job: run(job["data"], job["seed"], cfg), describe, summary=summary,
+                            figure=lambda png, runs: figure(png, runs, cfg, args.seeds))
 
 
 if __name__ == "__main__":

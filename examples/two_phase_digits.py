@@ -148,30 +148,19 @@ def main(argv=None) -> dict:
     cfg = dict(QUICK if args.quick else FULL)
     from examples.digits_ee import _split
     train, test = _split(cfg)
-    runs, t0 = C.previous_runs(args, "two_phase_digits", cfg), time.perf_counter()
 
-    def _record():
-        record = {"experiment": "5: two-phase on digits + expressivity (seeds 002/003, Algorithm 1, Assumption 1)",
-                  "config": cfg, "runs": runs, "seconds": time.perf_counter() - t0}
-        return record
-
-    for seed in args.seeds:
-        if any(x["seed"] == seed for x in runs):
-            continue
-        r = run_seed(seed, cfg, train, test, args.progress)
-        runs.append(r)
+    def describe(r):
         e = r["expressivity"]
-        print(f"seed {seed}: training error {100 * r['train_error']:.1f} %, test error {100 * r['test_error']:.1f} %, "
-              f"loss {r['final_loss']:.3g}; expressivity {e['init']['verdict']} / {e['switch']['verdict']} "
-              f"(σ_min/σ_max ≥ {e['switch']['relative_margin'] or 0:.1e}); rank K(w^τ) = {r['reference_rank']}, "
-              f"violations {len(r['violations'])} [{r['seconds']:.0f} s]", flush=True)
-        C.write_json(args, "two_phase_digits", _record())   # after every run: a killed run keeps what it has
-    record = _record()
-    C.write_json(args, "two_phase_digits", record)
-    png = f"{args.out}/two_phase_digits.png"
-    figure(png, runs, cfg)
-    print(f"wrote {png} and {args.out}/two_phase_digits.json ({record['seconds']:.0f} s)")
-    return record
+        return (f"seed {r['seed']}: training error {100 * r['train_error']:.1f} %, test error "
+                f"{100 * r['test_error']:.1f} %, loss {r['final_loss']:.3g}; expressivity {e['init']['verdict']} / "
+                f"{e['switch']['verdict']} (σ_min/σ_max ≥ {e['switch']['relative_margin'] or 0:.1e}); rank K(w^τ) = "
+                f"{r['reference_rank']}, violations {len(r['violations'])} [{r['seconds']:.0f} s]")
+
+    return C.run_experiment(args, "two_phase_digits", cfg,
+                            "5: two-phase on digits + expressivity (seeds 002/003, Algorithm 1, Assumption 1)",
+                            [{"seed": s} for s in args.seeds],
+                            lambda job: run_seed(job["seed"], cfg, train, test, args.progress), describe,
+                            figure=lambda png, runs: figure(png, runs, cfg))
 
 
 if __name__ == "__main__":
