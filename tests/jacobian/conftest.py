@@ -1,12 +1,8 @@
 """gconv.jacobian tests use tiny tensors: one intra-op thread is faster for them, and on a shared
 machine it avoids OpenMP barriers waiting for a descheduled second thread (≈16 ms per op)."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)

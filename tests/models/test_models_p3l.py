@@ -88,15 +88,6 @@ def _train(p, X, Y, steps, delta=1.0):
     return losses, float((h1 - h0).norm() / h0.norm())
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids synchronisation overhead (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_paper_scaling_fits_random_data_at_a_linear_rate_and_learns_features(one_thread):
     """Seed 004 Experiment 1 in miniature: d = 20, y ~ U[−½, ½], n = 20, GD with step δ·lr_scale."""
     import gconv.data as D

@@ -13,15 +13,6 @@ from gconv.train import EEWrapper, training_error
 TAU, EXPLOIT = 300, 30
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids synchronisation overhead (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sine_wave_ee_with_lbfgs_reaches_zero_error_where_gd_does_not(seed, one_thread):
     data = D.load_builtin("sine", seed=seed)        # n = 100, x ~ U[−1, 1], y = 1{sin(20x) < 0}
