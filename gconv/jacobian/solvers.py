@@ -178,7 +178,11 @@ def _norm(t) -> float:
     return float(torch.linalg.vector_norm(t))
 
 
-def _verdict(itn, maxiter, test1, test2, test3, t1, rtol, atol, ctol, eps):
+def _verdict(itn, maxiter, normr, normx, norma, normb, test2, test3, atol, btol, ctol, eps):
+    """Paige–Saunders stopping rule shared by LSQR and LSMR → (istop, test1 = ‖r‖/‖b‖)."""
+    test1 = normr / normb
+    t1 = test1 / (1 + norma * normx / normb)
+    rtol = btol + atol * norma * normx / normb
     eps = eps / 2          # "1 + t <= 1" in round-to-nearest ⇔ t ≤ eps/2
     istop = 0
     if itn >= maxiter:
@@ -195,7 +199,45 @@ def _verdict(itn, maxiter, test1, test2, test3, t1, rtol, atol, ctol, eps):
         istop = 2
     if test1 <= rtol:
         istop = 1
+    return istop, test1
+
+
+def _start(op, b, x, n):
+    """First Golub–Kahan step from r₀ = b − A x₀: (x, u, β, v, α) with β u = r₀, α v = Aᵀu."""
+    if x is None:
+        x = torch.zeros(n, dtype=op.dtype, device=op.device)
+        u = b.clone()
+    else:
+        u = b - op.mv(x)
+    beta = _norm(u)
+    if beta > 0:
+        u = u / beta
+        v = op.rmv(u)
+        alpha = _norm(v)
+    else:
+        v = torch.zeros_like(x)
+        alpha = 0.0
+    if alpha > 0:
+        v = v / alpha
+    return x, u, beta, v, alpha
+
+
+def _after_step(istop, itn, x, normr, normar, test1, test2, history, record_every, bar, callback):
+    """Record the iteration (history, progress bar) and let ``callback`` stop it (istop 7)."""
+    if record_every and itn % record_every == 0:
+        history.append((itn, normr, normar))
+    bar.update(1)
+    bar.set_postfix_str(f"|r|/|b|={test1:.2e} |A'r|/(|A||r|)={test2:.2e}")
+    if callback is not None and callback(itn, x, normr, normar) is True and istop == 0:
+        istop = 7
     return istop
+
+
+def _result(istop, itn, x, normr, normar, norma, conda, normx, t0, res) -> LstsqResult:
+    out = LstsqResult(istop=istop, message=ISTOP_MEANING[istop], itn=itn, normr=normr, normar=normar, norma=norma,
+                      conda=conda, normx=normx, seconds=time.perf_counter() - t0, **res)
+    out.x = x
+    return out
 
 
 def lsqr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=None, callback=None,
@@ -215,21 +257,7 @@ def lsqr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
     anorm = acond = ddnorm = res2 = xnorm = xxnorm = z = 0.0
     cs2, sn2 = -1.0, 0.0
     bnorm = _norm(b)
-    if x is None:
-        x = torch.zeros(n, dtype=op.dtype, device=op.device)
-        u = b.clone()
-    else:
-        u = b - op.mv(x)
-    beta = _norm(u)
-    if beta > 0:
-        u = u / beta
-        v = op.rmv(u)
-        alfa = _norm(v)
-    else:
-        v = torch.zeros_like(x)
-        alfa = 0.0
-    if alfa > 0:
-        v = v / alfa
+    x, u, beta, v, alfa = _start(op, b, x, n)
     w = v.clone()
     rhobar, phibar = alfa, beta
     rnorm = beta
@@ -237,10 +265,7 @@ def lsqr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
     history = [(0, rnorm, arnorm)]
     res = dict(method="lsqr", normb=bnorm, history=history)
     if arnorm == 0:
-        out = LstsqResult(istop=0, message=ISTOP_MEANING[0], itn=0, normr=rnorm, normar=0.0, norma=0.0, conda=1.0,
-                          normx=_norm(x), seconds=time.perf_counter() - t0, **res)
-        out.x = x
-        return out
+        return _result(0, 0, x, rnorm, 0.0, 0.0, 1.0, _norm(x), t0, res)
     itn, istop = 0, 0
     bar = _progress(total=maxiter, desc="lsqr", enabled=bool(progress), unit="it")
     try:
@@ -285,26 +310,15 @@ def lsqr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
             res2 += psi ** 2
             rnorm = math.sqrt(phibar ** 2 + res2)
             arnorm = alfa * abs(tau)
-            test1 = rnorm / bnorm
             test2 = arnorm / (anorm * rnorm + eps)
             test3 = 1.0 / (acond + eps)
-            t1 = test1 / (1 + anorm * xnorm / bnorm)
-            rtol = btol + atol * anorm * xnorm / bnorm
-            istop = _verdict(itn, maxiter, test1, test2, test3, t1, rtol, atol, ctol, eps)
-            if record_every and itn % record_every == 0:
-                history.append((itn, rnorm, arnorm))
-            bar.update(1)
-            bar.set_postfix_str(f"|r|/|b|={test1:.2e} |A'r|/(|A||r|)={test2:.2e}")
-            if callback is not None and callback(itn, x, rnorm, arnorm) is True and istop == 0:
-                istop = 7
+            istop, test1 = _verdict(itn, maxiter, rnorm, xnorm, anorm, bnorm, test2, test3, atol, btol, ctol, eps)
+            istop = _after_step(istop, itn, x, rnorm, arnorm, test1, test2, history, record_every, bar, callback)
             if istop != 0:
                 break
     finally:
         bar.close()
-    out = LstsqResult(istop=istop, message=ISTOP_MEANING[istop], itn=itn, normr=rnorm, normar=arnorm, norma=anorm,
-                      conda=acond, normx=xnorm, seconds=time.perf_counter() - t0, **res)
-    out.x = x
-    return out
+    return _result(istop, itn, x, rnorm, arnorm, anorm, acond, xnorm, t0, res)
 
 
 def lsmr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=None, callback=None,
@@ -320,21 +334,7 @@ def lsmr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
     maxiter = min(m, n) if maxiter is None else int(maxiter)
     ctol = 1.0 / conlim if conlim > 0 else 0.0
     normb = _norm(b)
-    if x is None:
-        x = torch.zeros(n, dtype=op.dtype, device=op.device)
-        u = b.clone()
-    else:
-        u = b - op.mv(x)
-    beta = _norm(u)
-    if beta > 0:
-        u = u / beta
-        v = op.rmv(u)
-        alpha = _norm(v)
-    else:
-        v = torch.zeros_like(x)
-        alpha = 0.0
-    if alpha > 0:
-        v = v / alpha
+    x, u, beta, v, alpha = _start(op, b, x, n)
     zetabar, alphabar = alpha * beta, alpha
     rho = rhobar = cbar = 1.0
     sbar = 0.0
@@ -348,10 +348,7 @@ def lsmr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
     history = [(0, normr, normar)]
     res = dict(method="lsmr", normb=normb, history=history)
     if normar == 0 or normb == 0:
-        out = LstsqResult(istop=0, message=ISTOP_MEANING[0], itn=0, normr=normr, normar=0.0, norma=normA,
-                          conda=condA, normx=normx, seconds=time.perf_counter() - t0, **res)
-        out.x = x if normb != 0 else torch.zeros_like(x)
-        return out
+        return _result(0, 0, x if normb != 0 else torch.zeros_like(x), normr, 0.0, normA, condA, normx, t0, res)
     itn, istop = 0, 0
     bar = _progress(total=maxiter, desc="lsmr", enabled=bool(progress), unit="it")
     try:
@@ -403,23 +400,12 @@ def lsmr(A, b, *, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=None, x0=N
             condA = max(maxrbar, rhotemp) / min(minrbar, rhotemp)
             normar = abs(zetabar)
             normx = _norm(x)
-            test1 = normr / normb
             test2 = normar / (normA * normr) if normA * normr != 0 else math.inf
             test3 = 1.0 / condA
-            t1 = test1 / (1 + normA * normx / normb)
-            rtol = btol + atol * normA * normx / normb
-            istop = _verdict(itn, maxiter, test1, test2, test3, t1, rtol, atol, ctol, eps)
-            if record_every and itn % record_every == 0:
-                history.append((itn, normr, normar))
-            bar.update(1)
-            bar.set_postfix_str(f"|r|/|b|={test1:.2e} |A'r|/(|A||r|)={test2:.2e}")
-            if callback is not None and callback(itn, x, normr, normar) is True and istop == 0:
-                istop = 7
+            istop, test1 = _verdict(itn, maxiter, normr, normx, normA, normb, test2, test3, atol, btol, ctol, eps)
+            istop = _after_step(istop, itn, x, normr, normar, test1, test2, history, record_every, bar, callback)
             if istop != 0:
                 break
     finally:
         bar.close()
-    out = LstsqResult(istop=istop, message=ISTOP_MEANING[istop], itn=itn, normr=normr, normar=normar, norma=normA,
-                      conda=condA, normx=normx, seconds=time.perf_counter() - t0, **res)
-    out.x = x
-    return out
+    return _result(istop, itn, x, normr, normar, normA, condA, normx, t0, res)
