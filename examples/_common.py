@@ -25,6 +25,14 @@ def parser(description: str, default_out: str, default_seeds=(0, 1, 2)) -> argpa
     return p
 
 
+def start(doc: str, quick: dict, full: dict, argv=None):
+    """Parse the standard arguments (first docstring line as description), set threads and the output
+    folder up → (args, the configuration: ``quick`` with --quick, else ``full``)."""
+    args = parser(doc.splitlines()[0], "out/experiments").parse_args(argv)
+    setup(args)
+    return args, dict(quick if args.quick else full)
+
+
 def previous_runs(args, name: str, cfg: dict) -> list:
     """With ``--resume``: the runs of an earlier (possibly killed) invocation with the same configuration."""
     import json

@@ -130,9 +130,7 @@ def figure(path, runs, cfg):
 
 
 def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
-    C.setup(args)
-    cfg = dict(QUICK if args.quick else FULL)
+    args, cfg = C.start(__doc__, QUICK, FULL, argv)
     train, test = _split(cfg)
 
     def run_one(job):

@@ -120,9 +120,7 @@ def figure(path, runs, cfg, seeds):
 
 
 def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
-    C.setup(args)
-    cfg = dict(QUICK if args.quick else FULL)
+    args, cfg = C.start(__doc__, QUICK, FULL, argv)
 
     def describe(r):
         rt = r["rate_log10_per_1000_steps"]

@@ -125,9 +125,7 @@ def figure(path, runs, cfg):
 
 
 def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
-    C.setup(args)
-    cfg = dict(QUICK if args.quick else FULL)
+    args, cfg = C.start(__doc__, QUICK, FULL, argv)
 
     def describe(r):
         return (f"seed {r['seed']}: base GD {100 * r['base_gd']['final_error']:.0f} %  |  EE at τ "

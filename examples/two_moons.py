@@ -92,9 +92,7 @@ def figure(path, runs, cfg, seeds):
 
 
 def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0], "out/experiments").parse_args(argv)
-    C.setup(args)
-    cfg = dict(QUICK if args.quick else FULL)
+    args, cfg = C.start(__doc__, QUICK, FULL, argv)
 
     def describe(r):
         return (f"{r['data']:9s} seed {r['seed']}: training error {100 * r['final_error']:.1f} %, Q_T = {r['Q_T']} of "
