@@ -65,6 +65,15 @@ def ee_head_inputs(model: nn.Module, head: nn.Module, X, batch_size: int = 1024)
     return torch.cat(store).double().cpu()
 
 
+def _inputs_and_gate(model, head, X, q, output, seed, batch_size=1024):
+    """(z̄, Q): the head's inputs on X and the gate matrix, checked against each other."""
+    Q = _gate_matrix(head, q, output, seed)
+    z = ee_head_inputs(model, head, X, batch_size)
+    if z.shape[1] + 1 != Q.shape[1]:
+        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {Q.shape[1] - 1}")
+    return z, Q
+
+
 def ee_head_factors(model: nn.Module, head: nn.Module, X: torch.Tensor, *, q: torch.Tensor | str = "gate",
                     output: int = 0, seed: int = 0, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """The Khatri–Rao factors (S, Z̃) of φ(q, θ) for an :class:`gconv.nn.EEHead` inside ``model``, in float64.
@@ -74,10 +83,7 @@ def ee_head_factors(model: nn.Module, head: nn.Module, X: torch.Tensor, *, q: to
     frozen gate R^{(output)} — or its current weight before the switch), ``"random"`` (q ~ N(0, 1) from
     ``torch.Generator(seed)``, as the paper draws it) or an (m_H, m_{H−1}) tensor.
     """
-    Q = _gate_matrix(head, q, output, seed)
-    z = ee_head_inputs(model, head, X, batch_size)
-    if z.shape[1] + 1 != Q.shape[1]:
-        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {Q.shape[1] - 1}")
+    z, Q = _inputs_and_gate(model, head, X, q, output, seed, batch_size)
     Z = torch.cat([z, torch.ones(z.shape[0], 1, dtype=torch.float64)], 1)
     S = torch.sigmoid(head.gate_zeta * (Z @ Q.t()))
     return S, Z
@@ -101,10 +107,7 @@ def safe_exploration_check(model: nn.Module, X, *, head: nn.Module | None = None
             raise ValueError(f"safe_exploration_check: the model must contain exactly one EEHead, found {len(heads)}")
         head = heads[0]
     t0 = time.perf_counter()
-    Q = _gate_matrix(head, q, output, seed)
-    z = ee_head_inputs(model, head, X)
-    if z.shape[1] + 1 != Q.shape[1]:
-        raise ValueError(f"safe_exploration_check: head input has {z.shape[1]} features, expected {Q.shape[1] - 1}")
+    z, Q = _inputs_and_gate(model, head, X, q, output, seed)
     rep = V.safe_exploration(z, q=(head.gate_zeta * Q).t().contiguous(), memory_budget=memory_budget,
                              progress=progress)
     cert = rep.certificate or {}
